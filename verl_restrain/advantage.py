@@ -1,0 +1,311 @@
+"""RESTRAIN advantages: pseudo-label weighting, negative rollout penalization, prompt weighting.
+
+Pure torch, vectorised over the whole batch (no Python loop over prompts or answers); imports no
+verl, so it can be read, tested and reused alone. The verl adapter lives in
+``verl_restrain.estimator``.
+
+Notation for one prompt x (a *group* of n rollouts, rows need not be contiguous):
+
+* a_j, c_j: the distinct valid answers (clusters) and their counts; f_j = c_j / n. Rollouts without
+  a valid answer (``answer_id == -1``) count in n but belong to no cluster.
+* g(f) = exp(-(f - center)^2 / (2 sigma^2)), the shaping function (:func:`shaping`).
+* w_j: pseudo-label weight of cluster j (:func:`pseudo_label_weights`):
+  ``gaussian`` w_j = g(f_j) / sum_l g(f_l); ``uniform`` w_j = 1 / m over the m clusters;
+  ``majority`` one-hot on the majority cluster. Majority ties go to the cluster with the smallest
+  answer id; :func:`verl_restrain.answers.cluster_extracted` numbers clusters in order of first
+  appearance, so that is the tied answer sampled first (as TTRL's ``Counter.most_common``).
+* r_ij = 1[answer_i = a_j]; A_ij = (r_ij - mean_i r_ij) / (std_i r_ij + epsilon), with the unbiased
+  std (Bessel's correction, as ``torch.std`` in verl's GRPO). With ``norm_adv_by_std=False``,
+  A_ij = r_ij - mean_i r_ij (Dr. GRPO). Singleton groups follow verl's GRPO convention: mean 0 and
+  std 1, so A_ij = r_ij / (1 + epsilon).
+* M = max_j c_j (0 when no answer is valid). If M >= kappa the rollout's advantage is
+  u * sum_j w_j A_ij, otherwise every rollout of the group gets -u * delta. ``kappa = 0`` disables
+  the penalization. u is the prompt weight u_x (:func:`prompt_weight`), 1 when not given.
+
+Because r_ij is one-hot in j, the weighted sum collapses to a per-cluster term minus a per-group term:
+
+    sum_j w_j A_ij = b_{c(i)} - sum_j b_j mean_j,   b_j = w_j / (std_j + epsilon),
+
+with mean_j = c_j / n and std_j = sqrt(c_j (n - c_j) / (n (n - 1))) in closed form, which is what
+the vectorised code computes. A unanimous group has a single cluster with std 0 and mean 1, hence
+b - b * 1 = 0 exactly: it gets zero advantage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from verl_restrain.methods import WEIGHTINGS
+
+__all__ = [
+    "Votes",
+    "count_votes",
+    "shaping",
+    "pseudo_label_weights",
+    "prompt_weight",
+    "fixed_label_answer_ids",
+    "compute_restrain_advantage",
+    "broadcast_to_tokens",
+]
+
+
+@dataclass(frozen=True)
+class Votes:
+    """Vote statistics of a batch, with N rollouts in G groups and C answer clusters.
+
+    Groups are numbered 0..G-1 in increasing order of ``group_index``; clusters are numbered
+    0..C-1 sorted by (group, answer id).
+    """
+
+    group: torch.Tensor  # (N,) int64, dense group id
+    cluster: torch.Tensor  # (N,) int64, dense cluster id, -1 for no valid answer
+    group_size: torch.Tensor  # (G,) int64, n, rollouts without an answer included
+    cluster_group: torch.Tensor  # (C,) int64, group of each cluster
+    cluster_count: torch.Tensor  # (C,) int64, c_j
+    majority_count: torch.Tensor  # (G,) int64, M = max_j c_j, 0 when no answer is valid
+    majority_cluster: torch.Tensor  # (G,) int64, cluster id of the majority, -1 when none
+    num_clusters: torch.Tensor  # (G,) int64, m
+
+    @property
+    def num_groups(self) -> int:
+        return self.group_size.numel()
+
+    @property
+    def frequency(self) -> torch.Tensor:
+        """(C,) float64 vote share f_j = c_j / n of each cluster."""
+        return self.cluster_count.double() / self.group_size[self.cluster_group].double()
+
+
+def _check_ids(answer_ids: torch.Tensor, group_index: torch.Tensor) -> None:
+    if answer_ids.dim() != 1 or group_index.dim() != 1:
+        raise ValueError(
+            f"answer_ids and group_index must be 1-D, got shapes {tuple(answer_ids.shape)} "
+            f"and {tuple(group_index.shape)}"
+        )
+    if answer_ids.shape != group_index.shape:
+        raise ValueError(
+            f"answer_ids and group_index must have the same length, got {answer_ids.numel()} "
+            f"and {group_index.numel()}"
+        )
+    if answer_ids.is_floating_point() or group_index.is_floating_point():
+        raise ValueError("answer_ids and group_index must be integer tensors")
+    if answer_ids.numel() and int(answer_ids.min()) < -1:
+        raise ValueError("answer_ids must be >= 0 for a valid answer or -1 for no answer")
+
+
+def count_votes(answer_ids: torch.Tensor, group_index: torch.Tensor) -> Votes:
+    """Group the rollouts by prompt and count each group's answers.
+
+    Args:
+        answer_ids: (N,) int64; equal ids inside one group are the same answer, -1 is no answer.
+            Ids of different groups are unrelated.
+        group_index: (N,) int64; rollouts of one prompt share a value.
+
+    Returns:
+        The :class:`Votes` of the batch.
+    """
+    _check_ids(answer_ids, group_index)
+    device = answer_ids.device
+    answer_ids = answer_ids.long()
+    _, group = torch.unique(group_index.long(), return_inverse=True)  # (N,)
+    num_groups = int(group.max()) + 1 if group.numel() else 0
+    group_size = torch.bincount(group, minlength=num_groups)  # (G,)
+
+    valid = answer_ids >= 0  # (N,)
+    # Rank answer ids so that one int64 key (group, answer) sorts by group, then by answer id.
+    _, answer_rank = torch.unique(answer_ids, return_inverse=True)  # (N,)
+    num_ranks = int(answer_rank.max()) + 1 if answer_rank.numel() else 1
+    cluster_keys, valid_cluster = torch.unique(group[valid] * num_ranks + answer_rank[valid], return_inverse=True)
+    num_clusters_total = cluster_keys.numel()
+    cluster = torch.full_like(answer_ids, -1)
+    cluster[valid] = valid_cluster
+    cluster_group = cluster_keys // num_ranks  # (C,)
+    cluster_count = torch.bincount(valid_cluster, minlength=num_clusters_total)  # (C,)
+
+    majority_count = torch.zeros(num_groups, dtype=torch.long, device=device)
+    majority_count.scatter_reduce_(0, cluster_group, cluster_count, reduce="amax")  # (G,)
+    # Clusters are sorted by answer id inside a group: the first one at the maximum count wins ties.
+    at_max = cluster_count == majority_count[cluster_group]
+    candidate = torch.where(at_max, torch.arange(num_clusters_total, device=device), num_clusters_total)
+    majority_cluster = torch.full((num_groups,), num_clusters_total, dtype=torch.long, device=device)
+    majority_cluster.scatter_reduce_(0, cluster_group, candidate, reduce="amin")
+    majority_cluster[majority_cluster == num_clusters_total] = -1
+    num_clusters = torch.bincount(cluster_group, minlength=num_groups)  # (G,)
+
+    return Votes(
+        group=group,
+        cluster=cluster,
+        group_size=group_size,
+        cluster_group=cluster_group,
+        cluster_count=cluster_count,
+        majority_count=majority_count,
+        majority_cluster=majority_cluster,
+        num_clusters=num_clusters,
+    )
+
+
+def _check_shape_params(sigma: float, center: float) -> None:
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    if not 0.0 <= center <= 1.0:
+        raise ValueError(f"center must be in [0, 1], got {center}")
+
+
+def _log_shaping(f: torch.Tensor, sigma: float, center: float) -> torch.Tensor:
+    return -((f - center) ** 2) / (2.0 * sigma**2)
+
+
+def shaping(f: torch.Tensor | float, sigma: float, center: float) -> torch.Tensor:
+    """g(f) = exp(-(f - center)^2 / (2 sigma^2)), elementwise, as float64."""
+    _check_shape_params(sigma, center)
+    return torch.exp(_log_shaping(torch.as_tensor(f, dtype=torch.float64), sigma, center))
+
+
+def pseudo_label_weights(
+    votes: Votes, weighting: str = "gaussian", sigma: float | None = None, center: float | None = None
+) -> torch.Tensor:
+    """Normalised pseudo-label weight w_j of every cluster.
+
+    Args:
+        votes: from :func:`count_votes`.
+        weighting: ``gaussian`` (g(f_j) / sum_l g(f_l)), ``uniform`` (1 / m) or ``majority``
+            (one-hot on ``votes.majority_cluster``).
+        sigma, center: parameters of g; required for ``gaussian`` only.
+
+    Returns:
+        (C,) float64 weights; they sum to 1 over the clusters of every group that has one.
+        The gaussian is normalised in log space (max subtracted per group), so a tiny sigma gives
+        a one-hot on the clusters closest to ``center`` instead of 0 / 0.
+    """
+    cluster_group = votes.cluster_group  # (C,)
+    num_clusters_total = cluster_group.numel()
+    if weighting == "gaussian":
+        if sigma is None or center is None:
+            raise ValueError("gaussian weighting needs sigma and center")
+        _check_shape_params(sigma, center)
+        log_g = _log_shaping(votes.frequency, sigma, center)  # (C,)
+        group_max = torch.full((votes.num_groups,), -torch.inf, dtype=torch.float64, device=log_g.device)
+        group_max.scatter_reduce_(0, cluster_group, log_g, reduce="amax")
+        unnormalised = torch.exp(log_g - group_max[cluster_group])  # (C,)
+        total = torch.zeros(votes.num_groups, dtype=torch.float64, device=log_g.device)
+        total.index_add_(0, cluster_group, unnormalised)
+        return unnormalised / total[cluster_group]
+    if weighting == "uniform":
+        return 1.0 / votes.num_clusters[cluster_group].double()
+    if weighting == "majority":
+        cluster_ids = torch.arange(num_clusters_total, device=cluster_group.device)
+        return (cluster_ids == votes.majority_cluster[cluster_group]).double()
+    raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
+
+
+def prompt_weight(
+    majority_count: torch.Tensor | int,
+    n: torch.Tensor | int,
+    sigma: float | None = None,
+    center: float | None = None,
+) -> torch.Tensor:
+    """Prompt-level weight u_x = g(c_ref / n) from the base model's majority count.
+
+    Args:
+        majority_count: c_ref, the count of the base model's most common answer over n samples
+            (0 when none of its samples had a valid answer).
+        n: number of base-model samples.
+        sigma, center: parameters of g; default to :mod:`verl_restrain.defaults`.
+
+    Returns:
+        float32 tensor with the broadcast shape of the inputs.
+    """
+    from verl_restrain import defaults
+
+    sigma = defaults.SIGMA if sigma is None else sigma
+    center = defaults.CENTER if center is None else center
+    majority_count = torch.as_tensor(majority_count, dtype=torch.float64)
+    n = torch.as_tensor(n, dtype=torch.float64)
+    if bool((n < 1).any()):
+        raise ValueError("n must be >= 1")
+    if bool(((majority_count < 0) | (majority_count > n)).any()):
+        raise ValueError("majority_count must be in [0, n]")
+    return shaping(majority_count / n, sigma, center).float()
+
+
+def fixed_label_answer_ids(matches: torch.Tensor) -> torch.Tensor:
+    """Answer ids for a fixed pseudo-label (SRT-offline, gold labels): 0 where a rollout matches it.
+
+    Every other rollout is marked as having no answer, so the label's cluster is the only one and
+    ``weighting="majority"`` with ``kappa=0`` reproduces GRPO on the reward 1[answer_i = label].
+    """
+    return torch.where(matches.bool(), 0, -1).long()
+
+
+def compute_restrain_advantage(
+    answer_ids: torch.Tensor,
+    group_index: torch.Tensor,
+    prompt_weight: torch.Tensor | None = None,
+    *,
+    weighting: str = "gaussian",
+    sigma: float,
+    center: float,
+    kappa: int,
+    delta: float,
+    norm_adv_by_std: bool = True,
+    epsilon: float = 1e-6,
+) -> torch.Tensor:
+    """RESTRAIN advantage of every rollout (formulas in the module docstring).
+
+    Args:
+        answer_ids: (N,) int64; equal ids inside one group = same answer; -1 = no valid answer.
+        group_index: (N,) int64; rollouts of one prompt share a value; rows need not be contiguous.
+        prompt_weight: (N,) float, u_x of each rollout's prompt; None means 1.
+        weighting: ``gaussian``, ``uniform`` or ``majority`` (ties: smallest answer id).
+        sigma, center: parameters of the shaping function g (used by ``gaussian``).
+        kappa: a group whose majority count M is below kappa is penalised; 0 disables it.
+        delta: the (positive) penalty; penalised rollouts get advantage -u * delta.
+        norm_adv_by_std: divide by the unbiased group std + epsilon (GRPO) or not (Dr. GRPO).
+        epsilon: added to the std.
+
+    Returns:
+        (N,) float32 advantage per rollout.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
+    _check_shape_params(sigma, center)
+    if kappa < 0:
+        raise ValueError(f"kappa must be >= 0, got {kappa}")
+    if not delta >= 0:
+        raise ValueError(f"delta must be >= 0, got {delta}")
+    votes = count_votes(answer_ids, group_index)
+    if prompt_weight is not None and prompt_weight.shape != answer_ids.shape:
+        raise ValueError(
+            f"prompt_weight must have shape {tuple(answer_ids.shape)}, got {tuple(prompt_weight.shape)}"
+        )
+
+    weight = pseudo_label_weights(votes, weighting, sigma, center)  # (C,)
+    n = votes.group_size[votes.cluster_group].double()  # (C,)
+    count = votes.cluster_count.double()  # (C,)
+    singleton = n == 1
+    # verl's GRPO convention for a group of one: mean 0, std 1.
+    mean = torch.where(singleton, 0.0, count / n)  # (C,)
+    if norm_adv_by_std:
+        std = torch.where(singleton, 1.0, torch.sqrt(count * (n - count) / (n * (n - 1.0)).clamp(min=1.0)))
+        scale = weight / (std + epsilon)  # (C,) b_j
+    else:
+        scale = weight
+    group_term = torch.zeros(votes.num_groups, dtype=torch.float64, device=weight.device)
+    group_term.index_add_(0, votes.cluster_group, scale * mean)  # (G,) sum_j b_j mean_j
+
+    has_answer = votes.cluster >= 0  # (N,)
+    own_term = torch.where(has_answer, scale[votes.cluster.clamp(min=0)], 0.0)  # (N,) b_{c(i)}
+    advantage = own_term - group_term[votes.group]  # (N,)
+
+    penalised = votes.majority_count[votes.group] < kappa  # (N,)
+    advantage = torch.where(penalised, -float(delta), advantage)
+    if prompt_weight is not None:
+        advantage = advantage * prompt_weight.double()
+    return advantage.float()
+
+
+def broadcast_to_tokens(advantage: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """(N,) per-rollout advantage -> (N, T) token-level advantage, zero on masked tokens."""
+    return advantage.unsqueeze(-1) * response_mask
