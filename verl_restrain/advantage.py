@@ -295,8 +295,8 @@ def compute_restrain_advantage(
     group_term = torch.zeros(votes.num_groups, dtype=torch.float64, device=weight.device)
     group_term.index_add_(0, votes.cluster_group, scale * mean)  # (G,) sum_j b_j mean_j
 
-    has_answer = votes.cluster >= 0  # (N,)
-    own_term = torch.where(has_answer, scale[votes.cluster.clamp(min=0)], 0.0)  # (N,) b_{c(i)}
+    # A trailing zero makes cluster id -1 (no answer) index a term of 0.
+    own_term = torch.cat([scale, scale.new_zeros(1)])[votes.cluster]  # (N,) b_{c(i)}
     advantage = own_term - group_term[votes.group]  # (N,)
 
     penalised = votes.majority_count[votes.group] < kappa  # (N,)
