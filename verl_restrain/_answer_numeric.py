@@ -1,0 +1,370 @@
+"""Exact/high-precision values of constant answers, and Math-Verify's numeric equality on them.
+
+Most answers are real constants: integers, decimals, fractions, radicals, multiples of pi, or tuples
+of those. For them, equality needs no sympy. This module evaluates a canonical answer string with a
+small recursive-descent parser over the LaTeX subset
+
+    expr   := ['-'] term (('+' | '-') term)*
+    term   := power (('\\cdot' | '\\times' | '*' | '/' | '\\div') power | power)*   # juxtaposition
+    power  := atom ['^' (group | digit)]
+    atom   := number | '\\pi' | '\\frac' group group | '\\sqrt' ['[' expr ']'] group | '(' expr ')' | group
+    group  := '{' expr '}'
+
+and returns ``Value(exact, approx, is_decimal)``: ``exact`` is a ``fractions.Fraction`` whenever the
+value is rational (integers of any size stay exact), ``approx`` the value at ``PRECISION_DIGITS``
+significant digits (mpmath).
+
+Anything outside the subset gives None and the comparison falls through to Math-Verify, which also
+happens for constructs whose reading in Math-Verify differs from the usual one: a digit before
+``\\frac`` (Math-Verify reads ``2\\frac{1}{2}`` as the mixed number 5/2), juxtaposition after "/"
+(``1/2\\pi`` is ``1/(2\\pi)`` there), a number before "(" (``2(3)`` is read as 5), a sign right after
+"^", stacked exponents, spaces between digits. Work is bounded: strings over ``MAX_EXPRESSION_CHARS``,
+nesting over ``MAX_DEPTH``, exponents over ``MAX_EXPONENT`` and exact values over ``MAX_EXACT_BITS``
+give None instead of being computed.
+
+Equality (``numbers_equal``) follows Math-Verify's ``sympy_numeric_eq`` with exact arithmetic in place
+of 15-digit floats:
+- if either answer is a bare decimal literal, both are rounded to ``FLOAT_ROUNDING`` = 6 decimal
+  places (half to even, like sympy's ``round``) and compared: 1/3 equals 0.333333;
+- else if both are rational, they are compared exactly: 12345678901234567890 and
+  12345678901234567891 differ (a 15-digit float comparison would merge them);
+- else they are equal when they agree to ``RELATIVE_TOLERANCE`` (Math-Verify's symbolic/15-digit
+  check; ``\\frac{1}{\\sqrt{2}}`` equals ``\\frac{\\sqrt{2}}{2}``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+
+import mpmath
+
+MAX_EXPRESSION_CHARS = 300
+MAX_DEPTH = 24
+MAX_EXPONENT = 10_000
+MAX_EXACT_BITS = 200_000
+MAX_ROOT_DEGREE = 64
+PRECISION_DIGITS = 50
+RELATIVE_TOLERANCE = mpmath.mpf(10) ** -30
+FLOAT_ROUNDING = 6
+
+# A private context: nothing else can change its precision under us, from any thread.
+_MP = mpmath.MPContext()
+_MP.dps = PRECISION_DIGITS
+
+_DECIMAL_LITERAL = re.compile(r"-?(?:\d+\.\d*|\.\d+)")
+_TOKEN = re.compile(r"\d+(?:\.\d*)?|\.\d+|\\[a-zA-Z]+|[-+*/^(){}\[\]]|\s+|.", re.DOTALL)
+_COMMANDS = {"\\frac", "\\sqrt", "\\pi", "\\cdot", "\\times", "\\div"}
+_PRODUCT_OPS = {"\\cdot", "\\times", "*"}
+_DIVISION_OPS = {"/", "\\div"}
+
+
+class _Unsupported(Exception):
+    """The string is outside the evaluated subset, or too large to evaluate safely."""
+
+
+@dataclass(frozen=True)
+class Value:
+    exact: Fraction | None
+    approx: mpmath.mpf
+    is_decimal: bool = False
+
+
+def _exact(value: Fraction) -> Value:
+    if max(value.numerator.bit_length(), value.denominator.bit_length()) > MAX_EXACT_BITS:
+        raise _Unsupported("exact value too large")
+    return Value(value, _MP.mpf(value.numerator) / value.denominator)
+
+
+def _approx(value) -> Value:
+    if not _MP.isfinite(value) or _MP.im(value) != 0:
+        raise _Unsupported("not a finite real number")
+    return Value(None, _MP.mpf(value))
+
+
+def _number(token: str) -> Value:
+    if token.startswith("."):
+        token = "0" + token
+    if token.endswith("."):
+        token = token[:-1]
+    if len(token) > 400:
+        raise _Unsupported("number too long")
+    return _exact(Fraction(token))
+
+
+def _add(a: Value, b: Value, sign: int) -> Value:
+    if a.exact is not None and b.exact is not None:
+        return _exact(a.exact + sign * b.exact)
+    return _approx(a.approx + sign * b.approx)
+
+
+def _multiply(a: Value, b: Value) -> Value:
+    if a.exact is not None and b.exact is not None:
+        return _exact(a.exact * b.exact)
+    return _approx(a.approx * b.approx)
+
+
+def _divide(a: Value, b: Value) -> Value:
+    if b.exact == 0 or b.approx == 0:
+        raise _Unsupported("division by zero")
+    if a.exact is not None and b.exact is not None:
+        return _exact(a.exact / b.exact)
+    return _approx(a.approx / b.approx)
+
+
+def _exact_root(value: Fraction, degree: int) -> Fraction | None:
+    """The rational ``degree``-th root of a non-negative rational, if there is one."""
+    roots = []
+    for part in (value.numerator, value.denominator):
+        root = round(part ** (1.0 / degree)) if part.bit_length() < 1000 else None
+        if root is None:
+            return None
+        candidates = [r for r in (root - 1, root, root + 1) if r >= 0 and r**degree == part]
+        if not candidates:
+            return None
+        roots.append(candidates[0])
+    return Fraction(roots[0], roots[1])
+
+
+def _root(radicand: Value, degree: Value) -> Value:
+    if degree.exact is None or degree.exact.denominator != 1 or not 2 <= degree.exact <= MAX_ROOT_DEGREE:
+        raise _Unsupported("root degree")
+    n = int(degree.exact)
+    if radicand.approx < 0:
+        # Odd roots of negatives are complex principal roots in sympy; leave them to Math-Verify.
+        raise _Unsupported("root of a negative number")
+    if radicand.exact is not None:
+        root = _exact_root(radicand.exact, n)
+        if root is not None:
+            return _exact(root)
+    return _approx(_MP.root(radicand.approx, n))
+
+
+def _power(base: Value, exponent: Value) -> Value:
+    if exponent.exact is not None and exponent.exact.denominator == 1:
+        e = int(exponent.exact)
+        if abs(e) > MAX_EXPONENT:
+            raise _Unsupported("exponent too large")
+        if base.exact is not None:
+            if base.exact == 0 and e <= 0:
+                raise _Unsupported("0 to a non-positive power")
+            bits = max(base.exact.numerator.bit_length(), base.exact.denominator.bit_length())
+            if bits * abs(e) > MAX_EXACT_BITS:
+                raise _Unsupported("exact power too large")
+            return _exact(base.exact**e)
+        return _approx(_MP.power(base.approx, e))
+    if base.approx <= 0 or abs(exponent.approx) > MAX_EXPONENT:
+        raise _Unsupported("non-integer power of a non-positive number")
+    if exponent.exact is not None and base.exact is not None and exponent.exact.denominator <= MAX_ROOT_DEGREE:
+        root = _exact_root(base.exact, exponent.exact.denominator)
+        if root is not None:
+            return _power(_exact(root), _exact(Fraction(exponent.exact.numerator)))
+    return _approx(_MP.power(base.approx, exponent.approx))
+
+
+class _Parser:
+    def __init__(self, text: str):
+        self.tokens = [t for t in _TOKEN.findall(text)]
+        for i, token in enumerate(self.tokens):
+            if token.isspace():
+                # Canonical strings keep spaces only between digits ("2 3") and between a command
+                # and a letter; Math-Verify reads both in its own way.
+                raise _Unsupported("space")
+            if token.startswith("\\") and token not in _COMMANDS:
+                raise _Unsupported(token)
+            if len(token) == 1 and not (token.isdigit() or token in "-+*/^(){}[]"):
+                raise _Unsupported(token)
+        self.pos = 0
+        self.depth = 0
+
+    def peek(self) -> str | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def take(self, expected: str | None = None) -> str:
+        token = self.peek()
+        if token is None or (expected is not None and token != expected):
+            raise _Unsupported(f"expected {expected}")
+        self.pos += 1
+        return token
+
+    def parse(self) -> Value:
+        value = self.expr()
+        if self.peek() is not None:
+            raise _Unsupported("trailing tokens")
+        return value
+
+    def expr(self) -> Value:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _Unsupported("too deep")
+        negate = False
+        if self.peek() in ("-", "+"):
+            negate = self.take() == "-"
+        value = self.term()
+        if negate:
+            value = _multiply(_exact(Fraction(-1)), value)
+        while self.peek() in ("+", "-"):
+            sign = 1 if self.take() == "+" else -1
+            if self.peek() in ("+", "-"):
+                raise _Unsupported("double sign")
+            value = _add(value, self.term(), sign)
+        self.depth -= 1
+        return value
+
+    def term(self) -> Value:
+        value = self.power()
+        divided = False
+        while True:
+            token = self.peek()
+            if token in _PRODUCT_OPS or token in _DIVISION_OPS:
+                self.take()
+                if self.peek() in ("+", "-"):
+                    raise _Unsupported("sign after operator")
+                factor = self.power()
+                if token in _DIVISION_OPS:
+                    divided = True
+                    value = _divide(value, factor)
+                else:
+                    value = _multiply(value, factor)
+            elif token in ("\\pi", "\\sqrt", "\\frac"):
+                previous = self.tokens[self.pos - 1]
+                if divided or (token == "\\frac" and previous[0].isdigit()):
+                    raise _Unsupported("ambiguous juxtaposition")
+                value = _multiply(value, self.power())
+            elif token in ("(", "{"):
+                raise _Unsupported("juxtaposed group")
+            else:
+                return value
+
+    def power(self) -> Value:
+        base = self.atom()
+        if self.peek() != "^":
+            return base
+        self.take("^")
+        token = self.peek()
+        if token == "{":
+            exponent = self.group()
+        elif token is not None and token.isdigit() and len(token) == 1:
+            exponent = _number(self.take())
+        else:
+            raise _Unsupported("exponent")
+        if self.peek() == "^":
+            raise _Unsupported("stacked exponents")
+        return _power(base, exponent)
+
+    def group(self, open_: str = "{", close: str = "}") -> Value:
+        self.take(open_)
+        value = self.expr()
+        self.take(close)
+        return value
+
+    def atom(self) -> Value:
+        token = self.peek()
+        if token is None:
+            raise _Unsupported("missing operand")
+        if token[0].isdigit() or token[0] == ".":
+            self.take()
+            if self.peek() is not None and (self.peek()[0].isdigit() or self.peek() == "."):
+                raise _Unsupported("malformed number")
+            return _number(token)
+        if token == "\\pi":
+            self.take()
+            return _approx(_MP.pi)
+        if token == "\\frac":
+            self.take()
+            numerator = self.group()
+            return _divide(numerator, self.group())
+        if token == "\\sqrt":
+            self.take()
+            degree = self.group("[", "]") if self.peek() == "[" else _exact(Fraction(2))
+            return _root(self.group(), degree)
+        if token == "(":
+            return self.group("(", ")")
+        if token == "{":
+            return self.group()
+        raise _Unsupported(token)
+
+
+@lru_cache(maxsize=65536)
+def constant_value(text: str) -> Value | None:
+    """Value of a canonical answer that is a real constant, else None (see module docstring)."""
+    if len(text) > MAX_EXPRESSION_CHARS:
+        return None
+    try:
+        value = _Parser(text).parse()
+    except (_Unsupported, ValueError, ZeroDivisionError, OverflowError, ArithmeticError, RecursionError):
+        return None
+    if _DECIMAL_LITERAL.fullmatch(text):
+        return Value(value.exact, value.approx, is_decimal=True)
+    return value
+
+
+def _split_top_level(text: str) -> list[str] | None:
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char in "({[":
+            depth += 1
+        elif char in ")}]":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif char == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return parts if depth == 0 else None
+
+
+@lru_cache(maxsize=65536)
+def tuple_value(text: str) -> tuple[str, str, tuple[Value, ...]] | None:
+    """(opening bracket, closing bracket, component values) of ``(a, b)``/``[a, b)``-style answers
+    whose components are all constants; None otherwise. Sets (``\\{...\\}``, bare lists) are not
+    tuples: their order does not matter and Math-Verify compares them."""
+    if len(text) > MAX_EXPRESSION_CHARS or len(text) < 5 or text[0] not in "([" or text[-1] not in ")]":
+        return None
+    parts = _split_top_level(text[1:-1])
+    if parts is None or len(parts) < 2:
+        return None
+    values = tuple(constant_value(part) for part in parts)
+    if any(value is None for value in values):
+        return None
+    return text[0], text[-1], values
+
+
+def _rounded(value: Value) -> Fraction:
+    if value.exact is not None:
+        exact = value.exact
+    else:
+        mantissa, exponent = _MP.mpf(value.approx).man_exp
+        exact = Fraction(mantissa) * (Fraction(2) ** exponent)
+    return round(exact, FLOAT_ROUNDING)
+
+
+def numbers_equal(a: Value, b: Value) -> bool:
+    """Math-Verify's numeric equality, computed exactly (rules in the module docstring)."""
+    if a.is_decimal or b.is_decimal:
+        return _rounded(a) == _rounded(b)
+    if a.exact is not None and b.exact is not None:
+        return a.exact == b.exact
+    scale = max(abs(a.approx), abs(b.approx), _MP.mpf(1))
+    return abs(a.approx - b.approx) <= RELATIVE_TOLERANCE * scale
+
+
+def constants_equal(a: str, b: str) -> bool | None:
+    """True/False when both canonical answers are constants (or constant tuples), else None."""
+    value_a, value_b = constant_value(a), constant_value(b)
+    if value_a is not None and value_b is not None:
+        return numbers_equal(value_a, value_b)
+    tuple_a, tuple_b = tuple_value(a), tuple_value(b)
+    if tuple_a is not None and tuple_b is not None:
+        if tuple_a[:2] != tuple_b[:2]:
+            return None
+        if len(tuple_a[2]) != len(tuple_b[2]):
+            return False
+        return all(numbers_equal(x, y) for x, y in zip(tuple_a[2], tuple_b[2]))
+    if (value_a is not None and tuple_b is not None) or (tuple_a is not None and value_b is not None):
+        return False
+    return None
+

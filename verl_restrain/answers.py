@@ -1,0 +1,222 @@
+"""Final-answer extraction and equivalence voting for RESTRAIN.
+
+RESTRAIN votes over the final answers of the rollouts of one prompt, so "1/2", "0.5" and
+``\\frac{1}{2}`` must land in one cluster: split, a true majority looks like three minorities. This
+module turns responses into canonical answer strings and clusters them by Math-Verify equivalence,
+fast enough for every training step and safe on whatever a model writes.
+
+Kinds: ``"math"`` (free-form answers) and ``"choice"`` (one option letter, A-J).
+
+Pipeline:
+1. ``extract_answer``: the last ``\\boxed{}``/``\\fbox{}`` (``_answer_extract.last_boxed``), else an
+   answer sentence ("The final answer is $x$"); for ``choice`` an option letter. Then
+   ``canonicalize``.
+2. ``canonicalize``: a normalised string (``_answer_canon.canonical_math``); equal strings are the
+   same answer, with no sympy call.
+3. ``same_answer`` for two different strings, cheapest first: constants and tuples of constants are
+   compared exactly (``_answer_numeric``: Fractions, 50-digit values, Math-Verify's 6-place rounding
+   when a decimal is involved); everything else goes to Math-Verify (``verify`` in both directions, a
+   symmetric relation) in a child process with a hard time limit (``_answer_sympy``). Verdicts are
+   cached per pair.
+4. ``cluster_extracted``: union-find over the distinct strings of one group, comparing each pair of
+   distinct strings not already joined (the transitive closure of ``same_answer``); cluster ids are
+   numbered 0, 1, 2, ... by first appearance, so a tie broken toward the smallest id goes to the
+   answer that appeared first; no answer is -1.
+
+Guarantees: no function here raises on any response or answer string (a non-``str`` counts as no
+answer); only an unknown ``kind`` raises ``ValueError``. Extraction reads at most a bounded part of
+a response (see ``_answer_extract``), any one sympy comparison is cut off after
+``_answer_sympy.PAIR_TIMEOUT_S`` seconds in any thread, and one group spends at most
+``GROUP_SYMPY_BUDGET_S`` seconds in sympy; what fails or runs out of time is "no answer" or "not
+equal".
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from verl_restrain._answer_canon import canonical_math
+from verl_restrain._answer_extract import answer_sentence, choice_from_text, last_boxed, option_letter
+from verl_restrain._answer_numeric import constants_equal
+from verl_restrain._answer_sympy import math_verify_equal
+
+KINDS = ("math", "choice")
+GROUP_SYMPY_BUDGET_S = 4.0
+"""Sympy time one ``cluster_extracted`` call may spend; pairs left undecided after it are unequal."""
+VERDICT_CACHE_SIZE = 1 << 17
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown answer kind {kind!r}; expected one of {KINDS}")
+
+
+class _VerdictCache:
+    """Thread-safe LRU map from an unordered pair of canonical answers to their equality."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[tuple[str, str], bool] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(a: str, b: str) -> tuple[str, str]:
+        return (a, b) if a <= b else (b, a)
+
+    def get(self, a: str, b: str) -> bool | None:
+        key = self.key(a, b)
+        with self._lock:
+            verdict = self._items.get(key)
+            if verdict is not None:
+                self._items.move_to_end(key)
+            return verdict
+
+    def put(self, a: str, b: str, verdict: bool) -> None:
+        with self._lock:
+            self._items[self.key(a, b)] = verdict
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+_VERDICTS = _VerdictCache(VERDICT_CACHE_SIZE)
+
+
+def _math_equal(a: str, b: str, deadline: float | None = None) -> bool:
+    """Equality of two canonical math answers (rules in the module docstring).
+
+    ``deadline`` (monotonic seconds) ends the sympy budget of a group: past it, a pair that needs
+    sympy is reported unequal and the verdict is not cached.
+    """
+    if a == b:
+        return True
+    cached = _VERDICTS.get(a, b)
+    if cached is not None:
+        return cached
+    verdict = constants_equal(a, b)
+    if verdict is None:
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        verdict = math_verify_equal(a, b)
+        if verdict is None:
+            return False
+    _VERDICTS.put(a, b, verdict)
+    return verdict
+
+
+def canonicalize(answer: str, kind: str = "math") -> str | None:
+    """Canonical form of a bare answer string, such as a gold label ("1/2", "$\\frac12$", "B").
+
+    ``math``: see ``_answer_canon.canonical_math``. ``choice``: the option letter A-J named by
+    "B", "(b)", "\\text{(B)}", "B. 42", "Option C", or None. None for an empty or unreadable answer.
+    """
+    _check_kind(kind)
+    if not isinstance(answer, str):
+        return None
+    try:
+        if kind == "choice":
+            return option_letter(answer[:1000])
+        return canonical_math(answer)
+    except Exception:  # the rules are total on str; this only keeps a training step alive
+        return None
+
+
+def extract_answer(response: str, kind: str = "math") -> str | None:
+    """The final answer of a response in canonical form, or None when there is none.
+
+    ``math``: the content of the last box (``\\boxed{}``/``\\fbox{}``, braces matched; adjacent boxes
+    joined as in Math-Verify; an unclosed last box is skipped); without a box, the last "final
+    answer is X" / "the answer is X" / "Answer: X" in the last 2,000 characters.
+    ``choice``: a letter A-J from the last box, else from "the answer is (B)" / "Answer: B", else
+    from a last line that is only a letter.
+    """
+    _check_kind(kind)
+    if not isinstance(response, str):
+        return None
+    try:
+        if kind == "choice":
+            return choice_from_text(response)
+        raw = last_boxed(response)
+        if raw is None:
+            raw = answer_sentence(response)
+        return None if raw is None else canonical_math(raw)
+    except Exception:  # the rules are total on str; this only keeps a training step alive
+        return None
+
+
+def same_answer(a: str, b: str, kind: str = "math") -> bool:
+    """Whether two canonical answers (from ``extract_answer``/``canonicalize``) are equivalent.
+
+    Symmetric. ``choice``: same letter. ``math``: same string, else equal as constants, else
+    Math-Verify ``verify`` true in both directions within the time limit. Never raises.
+    """
+    _check_kind(kind)
+    if not isinstance(a, str) or not isinstance(b, str) or not a or not b:
+        return False
+    if kind == "choice" or a == b:
+        return a == b
+    try:
+        return _math_equal(a, b)
+    except Exception:
+        return False
+
+
+def cluster_extracted(answers: Sequence[str | None], kind: str = "math") -> list[int]:
+    """Cluster ids for the already-extracted canonical answers of one group.
+
+    Returns one id per answer: -1 for None or "", otherwise ids 0, 1, 2, ... numbered by first
+    appearance. Equal strings share an id without any comparison; distinct strings are joined by
+    union-find over ``same_answer`` (each pair compared at most once, pairs already joined skipped).
+    """
+    _check_kind(kind)
+    distinct: dict[str, int] = {}
+    for answer in answers:
+        if isinstance(answer, str) and answer and answer not in distinct:
+            distinct[answer] = len(distinct)
+    forms = list(distinct)
+    parent = list(range(len(forms)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    if kind == "math" and len(forms) > 1:
+        deadline = time.monotonic() + GROUP_SYMPY_BUDGET_S
+        for j in range(1, len(forms)):
+            for i in range(j):
+                if root(i) == root(j):
+                    continue
+                try:
+                    equal = _math_equal(forms[i], forms[j], deadline)
+                except Exception:
+                    equal = False
+                if equal:
+                    parent[root(j)] = root(i)
+
+    cluster_of_root: dict[int, int] = {}
+    ids = []
+    for answer in answers:
+        if not isinstance(answer, str) or not answer:
+            ids.append(-1)
+            continue
+        ids.append(cluster_of_root.setdefault(root(distinct[answer]), len(cluster_of_root)))
+    return ids
+
+
+def cluster_answers(responses: Sequence[str], kind: str = "math") -> list[int]:
+    """``extract_answer`` on every response of one group, then ``cluster_extracted``."""
+    return cluster_extracted([extract_answer(response, kind) for response in responses], kind)
+
+
+def is_correct(response: str, ground_truth: str, kind: str = "math") -> bool:
+    """Whether the response's answer equals the ground truth, through the same path as voting:
+    ``extract_answer(response)``, ``canonicalize(ground_truth)``, ``same_answer``."""
+    predicted = extract_answer(response, kind)
+    gold = canonicalize(ground_truth, kind)
+    if predicted is None or gold is None:
+        return False
+    return same_answer(gold, predicted, kind)
