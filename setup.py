@@ -50,7 +50,10 @@ setup(
     entry_points={
         # verl imports every module of this group on `import verl`, in every process.
         "verl.plugins": ["restrain = verl_restrain.verl_plugin"],
-        "console_scripts": [],
+        "console_scripts": [
+            "restrain-sandbox = verl_restrain.sandbox.cli:main",
+            "restrain-score-prompts = verl_restrain.scoring_cli:main",
+        ],
     },
     classifiers=[
         "Programming Language :: Python :: 3.10",
