@@ -47,8 +47,14 @@ MAX_EXPONENT = 10_000
 MAX_EXACT_BITS = 200_000
 MAX_ROOT_DEGREE = 64
 PRECISION_DIGITS = 50
-RELATIVE_TOLERANCE = mpmath.mpf(10) ** -30
+EQUAL_TOLERANCE = mpmath.mpf(10) ** -30
+DIFFERENT_TOLERANCE = mpmath.mpf(10) ** -12
 FLOAT_ROUNDING = 6
+SAMPLE_POINTS = 2
+VARIABLES = "abcdfghjklmnopqrstuvwxyz"
+"""Letters read as real variables: lower case except e (Euler's number, a constant here as in
+Math-Verify) and i (the imaginary unit); Math-Verify folds the case of some upper-case letters, so
+those are left to it."""
 
 # A private context: nothing else can change its precision under us, from any thread.
 _MP = mpmath.MPContext()
@@ -70,6 +76,7 @@ class Value:
     exact: Fraction | None
     approx: mpmath.mpf
     is_decimal: bool = False
+    variable: bool = False
 
 
 def _exact(value: Fraction) -> Value:
@@ -78,10 +85,10 @@ def _exact(value: Fraction) -> Value:
     return Value(value, _MP.mpf(value.numerator) / value.denominator)
 
 
-def _approx(value) -> Value:
+def _approx(value, variable: bool = False) -> Value:
     if not _MP.isfinite(value) or _MP.im(value) != 0:
         raise _Unsupported("not a finite real number")
-    return Value(None, _MP.mpf(value))
+    return Value(None, _MP.mpf(value), variable=variable)
 
 
 def _number(token: str) -> Value:
@@ -97,13 +104,13 @@ def _number(token: str) -> Value:
 def _add(a: Value, b: Value, sign: int) -> Value:
     if a.exact is not None and b.exact is not None:
         return _exact(a.exact + sign * b.exact)
-    return _approx(a.approx + sign * b.approx)
+    return _approx(a.approx + sign * b.approx, a.variable or b.variable)
 
 
 def _multiply(a: Value, b: Value) -> Value:
     if a.exact is not None and b.exact is not None:
         return _exact(a.exact * b.exact)
-    return _approx(a.approx * b.approx)
+    return _approx(a.approx * b.approx, a.variable or b.variable)
 
 
 def _divide(a: Value, b: Value) -> Value:
@@ -111,7 +118,7 @@ def _divide(a: Value, b: Value) -> Value:
         raise _Unsupported("division by zero")
     if a.exact is not None and b.exact is not None:
         return _exact(a.exact / b.exact)
-    return _approx(a.approx / b.approx)
+    return _approx(a.approx / b.approx, a.variable or b.variable)
 
 
 def _exact_root(value: Fraction, degree: int) -> Fraction | None:
@@ -139,10 +146,11 @@ def _root(radicand: Value, degree: Value) -> Value:
         root = _exact_root(radicand.exact, n)
         if root is not None:
             return _exact(root)
-    return _approx(_MP.root(radicand.approx, n))
+    return _approx(_MP.root(radicand.approx, n), radicand.variable)
 
 
 def _power(base: Value, exponent: Value) -> Value:
+    variable = base.variable or exponent.variable
     if exponent.exact is not None and exponent.exact.denominator == 1:
         e = int(exponent.exact)
         if abs(e) > MAX_EXPONENT:
@@ -154,30 +162,45 @@ def _power(base: Value, exponent: Value) -> Value:
             if bits * abs(e) > MAX_EXACT_BITS:
                 raise _Unsupported("exact power too large")
             return _exact(base.exact**e)
-        return _approx(_MP.power(base.approx, e))
+        if base.approx == 0 and e <= 0:
+            raise _Unsupported("0 to a non-positive power")
+        return _approx(_MP.power(base.approx, e), variable)
     if base.approx <= 0 or abs(exponent.approx) > MAX_EXPONENT:
         raise _Unsupported("non-integer power of a non-positive number")
     if exponent.exact is not None and base.exact is not None and exponent.exact.denominator <= MAX_ROOT_DEGREE:
         root = _exact_root(base.exact, exponent.exact.denominator)
         if root is not None:
             return _power(_exact(root), _exact(Fraction(exponent.exact.numerator)))
-    return _approx(_MP.power(base.approx, exponent.approx))
+    return _approx(_MP.power(base.approx, exponent.approx), variable)
 
 
 class _Parser:
-    def __init__(self, text: str):
-        self.tokens = [t for t in _TOKEN.findall(text)]
-        for i, token in enumerate(self.tokens):
+    """Recursive-descent evaluator; with ``point`` (letter -> value) it evaluates a function of
+    single-letter variables there and records whether it is a rational function."""
+
+    def __init__(self, text: str, point: dict[str, mpmath.mpf] | None = None):
+        tokens = _TOKEN.findall(text)
+        self.point = point
+        self.tokens = []
+        for i, token in enumerate(tokens):
             if token.isspace():
-                # Canonical strings keep spaces only between digits ("2 3") and between a command
-                # and a letter; Math-Verify reads both in its own way.
+                # Canonical strings keep a space between a command and a letter (\pi r), which is
+                # a product, and between two digits ("2 3"), which Math-Verify reads its own way.
+                if 0 < i < len(tokens) - 1 and tokens[i - 1].startswith("\\") and tokens[i + 1].isalpha():
+                    continue
                 raise _Unsupported("space")
             if token.startswith("\\") and token not in _COMMANDS:
                 raise _Unsupported(token)
-            if len(token) == 1 and not (token.isdigit() or token in "-+*/^(){}[]"):
+            if len(token) == 1 and not (token.isdigit() or token in "-+*/^(){}[]e" or self.is_variable(token)):
                 raise _Unsupported(token)
+            self.tokens.append(token)
         self.pos = 0
         self.depth = 0
+        self.variables_seen = 0
+        self.rational = True
+
+    def is_variable(self, token: str | None) -> bool:
+        return self.point is not None and token is not None and token in self.point
 
     def peek(self) -> str | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -218,6 +241,7 @@ class _Parser:
         divided = False
         while True:
             token = self.peek()
+            previous = self.tokens[self.pos - 1]
             if token in _PRODUCT_OPS or token in _DIVISION_OPS:
                 self.take()
                 if self.peek() in ("+", "-"):
@@ -228,12 +252,21 @@ class _Parser:
                     value = _divide(value, factor)
                 else:
                     value = _multiply(value, factor)
-            elif token in ("\\pi", "\\sqrt", "\\frac"):
-                previous = self.tokens[self.pos - 1]
+            elif token in ("\\pi", "e", "\\sqrt", "\\frac") or self.is_variable(token):
                 if divided or (token == "\\frac" and previous[0].isdigit()):
                     raise _Unsupported("ambiguous juxtaposition")
                 value = _multiply(value, self.power())
-            elif token in ("(", "{"):
+            elif token == "(":
+                # Math-Verify multiplies "2(x+1)" and "(x+1)(x-1)" but reads "2(3)" as 5 and
+                # "f(x)" as a function call: only a group holding a variable, after a digit or ")".
+                if divided or not (previous[0].isdigit() or previous == ")"):
+                    raise _Unsupported("juxtaposed group")
+                seen = self.variables_seen
+                factor = self.power()
+                if self.variables_seen == seen:
+                    raise _Unsupported("juxtaposed constant group")
+                value = _multiply(value, factor)
+            elif token == "{":
                 raise _Unsupported("juxtaposed group")
             else:
                 return value
@@ -246,12 +279,15 @@ class _Parser:
         token = self.peek()
         if token == "{":
             exponent = self.group()
-        elif token is not None and token.isdigit() and len(token) == 1:
-            exponent = _number(self.take())
+        elif token is not None and len(token) == 1 and (token.isdigit() or token == "e" or self.is_variable(token)):
+            exponent = self.atom()
         else:
             raise _Unsupported("exponent")
         if self.peek() == "^":
             raise _Unsupported("stacked exponents")
+        integral = exponent.exact is not None and exponent.exact.denominator == 1
+        if exponent.variable or (base.variable and not integral):
+            self.rational = False
         return _power(base, exponent)
 
     def group(self, open_: str = "{", close: str = "}") -> Value:
@@ -269,9 +305,16 @@ class _Parser:
             if self.peek() is not None and (self.peek()[0].isdigit() or self.peek() == "."):
                 raise _Unsupported("malformed number")
             return _number(token)
+        if self.is_variable(token):
+            self.take()
+            self.variables_seen += 1
+            return Value(None, self.point[token], variable=True)
         if token == "\\pi":
             self.take()
             return _approx(_MP.pi)
+        if token == "e":  # Math-Verify reads a lone e as Euler's number
+            self.take()
+            return _approx(_MP.e)
         if token == "\\frac":
             self.take()
             numerator = self.group()
@@ -279,12 +322,18 @@ class _Parser:
         if token == "\\sqrt":
             self.take()
             degree = self.group("[", "]") if self.peek() == "[" else _exact(Fraction(2))
-            return _root(self.group(), degree)
+            radicand = self.group()
+            if radicand.variable:
+                self.rational = False
+            return _root(radicand, degree)
         if token == "(":
             return self.group("(", ")")
         if token == "{":
             return self.group()
         raise _Unsupported(token)
+
+
+_ERRORS = (_Unsupported, ValueError, ZeroDivisionError, OverflowError, ArithmeticError, RecursionError)
 
 
 @lru_cache(maxsize=65536)
@@ -294,7 +343,7 @@ def constant_value(text: str) -> Value | None:
         return None
     try:
         value = _Parser(text).parse()
-    except (_Unsupported, ValueError, ZeroDivisionError, OverflowError, ArithmeticError, RecursionError):
+    except _ERRORS:
         return None
     if _DECIMAL_LITERAL.fullmatch(text):
         return Value(value.exact, value.approx, is_decimal=True)
@@ -333,6 +382,93 @@ def tuple_value(text: str) -> tuple[str, str, tuple[Value, ...]] | None:
     return text[0], text[-1], values
 
 
+@lru_cache(maxsize=65536)
+def rational_set_value(text: str) -> frozenset[Fraction] | None:
+    """Elements of a set of rational numbers written ``\\{a, b\\}`` or ``a, b`` (Math-Verify reads
+    both as a finite set: order and repeats do not matter); None if an element is not an exact
+    rational or is a decimal (decimals compare after rounding, which is not a set operation)."""
+    if len(text) > MAX_EXPRESSION_CHARS:
+        return None
+    braced = text.startswith("\\{") and text.endswith("\\}")
+    parts = _split_top_level(text[2:-2] if braced else text)
+    if parts is None or len(parts) < (1 if braced else 2):
+        return None
+    elements = set()
+    for part in parts:
+        value = constant_value(part)
+        if value is None or value.exact is None or value.is_decimal:
+            return None
+        elements.add(value.exact)
+    return frozenset(elements)
+
+
+_RELATION_OPERATOR = re.compile(r"\\(?:geqslant|leqslant|geq?|leq?|gt|lt)(?![a-zA-Z])|<|>")
+_OPERATORS = {"\\ge": ">=", "\\geq": ">=", "\\geqslant": ">=", "\\le": "<=", "\\leq": "<=",
+              "\\leqslant": "<=", "\\gt": ">", ">": ">", "\\lt": "<", "<": "<"}
+_FLIPPED = {">=": "<=", "<=": ">=", ">": "<", "<": ">"}
+
+
+@lru_cache(maxsize=65536)
+def simple_relation(text: str) -> tuple[str, str, Value] | None:
+    """``(variable, operator, bound)`` for ``x \\ge 3``-style answers (one letter against a
+    constant, either side; ``3 \\le x`` is ``("x", ">=", 3)``), else None."""
+    if len(text) > MAX_EXPRESSION_CHARS:
+        return None
+    operators = list(_RELATION_OPERATOR.finditer(text))
+    if len(operators) != 1 or "=" in text:
+        return None
+    match = operators[0]
+    left, operator, right = text[: match.start()].strip(), _OPERATORS[match.group(0)], text[match.end() :].strip()
+    if len(left) == 1 and left in VARIABLES:
+        variable, bound = left, constant_value(right)
+    elif len(right) == 1 and right in VARIABLES:
+        variable, bound, operator = right, constant_value(left), _FLIPPED[operator]
+    else:
+        return None
+    return None if bound is None else (variable, operator, bound)
+
+
+def _sample_points() -> tuple[dict[str, mpmath.mpf], ...]:
+    """Two points with irrational, unrelated coordinates in [1, 4] for every variable letter."""
+    primes = [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89]
+    return tuple(
+        {letter: 1 + _MP.sqrt(prime * (k + 2)) % 3 for letter, prime in zip(VARIABLES, primes)}
+        for k in range(SAMPLE_POINTS)
+    )
+
+
+@lru_cache(maxsize=65536)
+def function_values(text: str) -> tuple[tuple[Value, ...], bool] | None:
+    """Values of a canonical answer with variables at ``SAMPLE_POINTS`` fixed points, and whether
+    it is a rational function of them (no root or non-integer power of a variable, no variable
+    exponent). None without variables or outside the evaluated subset."""
+    if len(text) > MAX_EXPRESSION_CHARS or not any(letter in text for letter in VARIABLES):
+        return None
+    values, rational = [], True
+    for point in _POINTS:
+        try:
+            parser = _Parser(text, point)
+            values.append(parser.parse())
+        except _ERRORS:
+            return None
+        if parser.variables_seen == 0:
+            return None
+        rational = rational and parser.rational
+    return tuple(values), rational
+
+
+def _approx_equal(a: mpmath.mpf, b: mpmath.mpf) -> bool | None:
+    """True within ``EQUAL_TOLERANCE``, False beyond ``DIFFERENT_TOLERANCE`` (relative to the larger
+    magnitude, at least 1), None in between (cancellation may have eaten the digits)."""
+    difference = abs(a - b)
+    scale = max(abs(a), abs(b), _MP.mpf(1))
+    if difference <= EQUAL_TOLERANCE * scale:
+        return True
+    if difference > DIFFERENT_TOLERANCE * scale:
+        return False
+    return None
+
+
 def _rounded(value: Value) -> Fraction:
     if value.exact is not None:
         exact = value.exact
@@ -342,29 +478,66 @@ def _rounded(value: Value) -> Fraction:
     return round(exact, FLOAT_ROUNDING)
 
 
-def numbers_equal(a: Value, b: Value) -> bool:
-    """Math-Verify's numeric equality, computed exactly (rules in the module docstring)."""
+def numbers_equal(a: Value, b: Value) -> bool | None:
+    """Math-Verify's numeric equality of two constants, computed exactly (module docstring)."""
     if a.is_decimal or b.is_decimal:
         return _rounded(a) == _rounded(b)
     if a.exact is not None and b.exact is not None:
         return a.exact == b.exact
-    scale = max(abs(a.approx), abs(b.approx), _MP.mpf(1))
-    return abs(a.approx - b.approx) <= RELATIVE_TOLERANCE * scale
+    return _approx_equal(a.approx, b.approx)
 
 
-def constants_equal(a: str, b: str) -> bool | None:
-    """True/False when both canonical answers are constants (or constant tuples), else None."""
+def _tuple_verdict(a: tuple[str, str, tuple[Value, ...]], b: tuple[str, str, tuple[Value, ...]]) -> bool | None:
+    if a[:2] != b[:2]:
+        return None
+    if len(a[2]) != len(b[2]):
+        return False
+    verdicts = [numbers_equal(x, y) for x, y in zip(a[2], b[2])]
+    if False in verdicts:
+        return False
+    return None if None in verdicts else True
+
+
+def numeric_verdict(a: str, b: str) -> bool | None:
+    """Equality of two canonical answers decided without sympy, or None when it cannot be.
+
+    - two constants: ``numbers_equal``;
+    - two tuples/intervals of constants with the same brackets: componentwise; a constant and such a
+      tuple: unequal;
+    - two finite sets of rationals (``\\{1, 2\\}``, ``2, 1``): as sets;
+    - two one-variable bounds (``x \\ge 3``, ``3 \\le x``): same variable, same direction and
+      strictness, equal bound (Math-Verify compares the solution sets, which for these is the same);
+    - expressions in single-letter variables (constants included): unequal if their values differ at
+      one of the sample points (an identity holds at every point, so Math-Verify's symbolic check
+      would fail too); equal if they agree at all of them and both are rational functions (a
+      nonzero rational function vanishes at two generic points only by accident); otherwise None.
+    """
     value_a, value_b = constant_value(a), constant_value(b)
     if value_a is not None and value_b is not None:
         return numbers_equal(value_a, value_b)
     tuple_a, tuple_b = tuple_value(a), tuple_value(b)
     if tuple_a is not None and tuple_b is not None:
-        if tuple_a[:2] != tuple_b[:2]:
-            return None
-        if len(tuple_a[2]) != len(tuple_b[2]):
-            return False
-        return all(numbers_equal(x, y) for x, y in zip(tuple_a[2], tuple_b[2]))
+        return _tuple_verdict(tuple_a, tuple_b)
     if (value_a is not None and tuple_b is not None) or (tuple_a is not None and value_b is not None):
         return False
-    return None
+    set_a, set_b = rational_set_value(a), rational_set_value(b)
+    if set_a is not None and set_b is not None:
+        return set_a == set_b
+    relation_a, relation_b = simple_relation(a), simple_relation(b)
+    if relation_a is not None and relation_b is not None:
+        if relation_a[:2] != relation_b[:2]:
+            return False
+        return numbers_equal(relation_a[2], relation_b[2])
+    function_a = ((value_a,) * SAMPLE_POINTS, True) if value_a is not None else function_values(a)
+    function_b = ((value_b,) * SAMPLE_POINTS, True) if value_b is not None else function_values(b)
+    if function_a is None or function_b is None:
+        return None
+    verdicts = [_approx_equal(x.approx, y.approx) for x, y in zip(function_a[0], function_b[0])]
+    if False in verdicts:
+        return False
+    if None in verdicts or not (function_a[1] and function_b[1]):
+        return None
+    return True
 
+
+_POINTS = _sample_points()

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 
 from verl_restrain._answer_canon import canonical_math
 from verl_restrain._answer_extract import answer_sentence, choice_from_text, last_boxed, option_letter
-from verl_restrain._answer_numeric import constants_equal
+from verl_restrain._answer_numeric import numeric_verdict
 from verl_restrain._answer_sympy import math_verify_equal
 
 KINDS = ("math", "choice")
@@ -95,7 +95,7 @@ def _math_equal(a: str, b: str, deadline: float | None = None) -> bool:
     cached = _VERDICTS.get(a, b)
     if cached is not None:
         return cached
-    verdict = constants_equal(a, b)
+    verdict = numeric_verdict(a, b)
     if verdict is None:
         if deadline is not None and time.monotonic() >= deadline:
             return False
