@@ -295,6 +295,11 @@ def run_method(name: str, setup: SeedSetup, config: SandboxConfig) -> dict[str, 
     Metrics are taken at steps 0..steps (step 0 is the initial policy, the last one is after the
     final update), so every list has ``steps + 1`` entries.
     """
+    with single_thread():
+        return _train(name, setup, config)
+
+
+def _train(name: str, setup: SeedSetup, config: SandboxConfig) -> dict[str, list[float]]:
     policy = RoutePolicy(setup.train.num_routes)
     optimizer = Optimizer(config.optimizer, config.lr, policy.theta)
     generator = _generator(setup.seed, _TRAIN_STREAM)
@@ -334,13 +339,12 @@ def run(config: SandboxConfig, progress: bool = True) -> dict[str, list[dict[str
     """
     results: dict[str, list[dict[str, list[float]]]] = {name: [] for name in config.methods}
     bar = tqdm(total=len(config.seeds) * len(config.methods), desc="sandbox", disable=not progress)
-    with single_thread():
-        for seed in config.seeds:
-            setup = make_setup(config, seed)
-            for name in config.methods:
-                bar.set_postfix_str(f"seed={seed} {name}")
-                results[name].append(run_method(name, setup, config))
-                bar.update()
+    for seed in config.seeds:
+        setup = make_setup(config, seed)
+        for name in config.methods:
+            bar.set_postfix_str(f"seed={seed} {name}")
+            results[name].append(run_method(name, setup, config))
+            bar.update()
     bar.close()
     return results
 

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from tqdm.auto import tqdm
 
-from verl_restrain.sandbox.loop import SandboxConfig, make_setup, run_method, single_thread
+from verl_restrain.sandbox.loop import SandboxConfig, make_setup, run_method
 
 __all__ = ["SWEEP_GRID", "parse_sweep", "run_sweep"]
 
@@ -47,17 +47,16 @@ def run_sweep(config: SandboxConfig, params: tuple[str, ...], progress: bool = T
     bar = tqdm(total=len(config.seeds) * (len(grid) + 1), desc="sweep", disable=not progress)
     ttrl: list[float] = []
     restrain: list[list[float]] = [[] for _ in grid]
-    with single_thread():
-        for seed in config.seeds:
-            setup = make_setup(config, seed)
-            bar.set_postfix_str(f"seed={seed} ttrl")
-            ttrl.append(run_method("ttrl", setup, config)["pass1_heldout"][-1])
+    for seed in config.seeds:
+        setup = make_setup(config, seed)
+        bar.set_postfix_str(f"seed={seed} ttrl")
+        ttrl.append(run_method("ttrl", setup, config)["pass1_heldout"][-1])
+        bar.update()
+        for index, values in enumerate(grid):
+            point_config = replace(config, **values)
+            point_setup = make_setup(point_config, seed) if "sigma" in values else setup
+            bar.set_postfix_str(f"seed={seed} " + " ".join(f"{k}={v}" for k, v in values.items()))
+            restrain[index].append(run_method("restrain", point_setup, point_config)["pass1_heldout"][-1])
             bar.update()
-            for index, values in enumerate(grid):
-                point_config = replace(config, **values)
-                point_setup = make_setup(point_config, seed) if "sigma" in values else setup
-                bar.set_postfix_str(f"seed={seed} " + " ".join(f"{k}={v}" for k, v in values.items()))
-                restrain[index].append(run_method("restrain", point_setup, point_config)["pass1_heldout"][-1])
-                bar.update()
     bar.close()
     return [{**values, "restrain": restrain[index], "ttrl": list(ttrl)} for index, values in enumerate(grid)]
