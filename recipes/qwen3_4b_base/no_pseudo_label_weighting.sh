@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Qwen3-4B-Base on DAPO-Math-14k, label-free. Ablation: RESTRAIN without pseudo-label weighting (majority label, penalization and u_x kept).
+: "${MODEL_PATH:=Qwen/Qwen3-4B-Base}"
+: "${EXPERIMENT:=qwen3_4b_base_no_pseudo_label_weighting}"
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+restrain_train no_pseudo_label_weighting "$@"

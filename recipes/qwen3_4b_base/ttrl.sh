@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Qwen3-4B-Base on DAPO-Math-14k, label-free. TTRL (majority-vote pseudo-label) baseline: main table.
+: "${MODEL_PATH:=Qwen/Qwen3-4B-Base}"
+: "${EXPERIMENT:=qwen3_4b_base_ttrl}"
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+restrain_train ttrl "$@"
