@@ -58,11 +58,30 @@ def test_prompt_set_matches_its_description():
     assert (accuracy < 0.1).float().mean() > 0.1
 
 
+def test_systematic_errors_put_every_trap_on_one_shortcut():
+    config = PromptSetConfig(num_prompts=300, errors="systematic")
+    prompts = make_prompts(config, torch.Generator().manual_seed(2))
+    wrong_bias = prompts.bias.scatter(1, prompts.correct[:, None], -torch.inf)  # (P, K)
+    trap = wrong_bias.argmax(dim=1)  # (P,)
+    route = prompts.route
+    assert bool((route.gather(1, trap[:, None]) == 1).all())
+    assert int((route == 1).sum()) == config.num_prompts  # and no other candidate uses it
+    assert torch.equal((route == 0).nonzero()[:, 1], prompts.correct)
+    assert set(route[route > 1].unique().tolist()) == {2, 3, 4}
+    # Only the route assignment differs from random errors: the same seed gives the same difficulty.
+    random_errors = make_prompts(replace(config, errors="random"), torch.Generator().manual_seed(2))
+    assert torch.allclose(random_errors.bias.sort(dim=1).values, prompts.bias.sort(dim=1).values)
+
+
 def test_prompt_set_config_rejects_bad_values():
     with pytest.raises(ValueError, match="accuracy_range"):
         PromptSetConfig(accuracy_range=(0.5, 0.2))
     with pytest.raises(ValueError, match="num_candidates"):
         PromptSetConfig(num_candidates=1)
+    with pytest.raises(ValueError, match="errors"):
+        PromptSetConfig(errors="clustered")
+    with pytest.raises(ValueError, match="num_shortcuts >= 2"):
+        PromptSetConfig(errors="systematic", num_shortcuts=1)
 
 
 def test_shared_theta_moves_every_prompt_on_the_route():

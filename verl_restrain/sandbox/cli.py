@@ -16,7 +16,7 @@ from pathlib import Path
 from verl_restrain import defaults
 from verl_restrain.sandbox import report
 from verl_restrain.sandbox.loop import DEFAULT_LR, METRICS, SandboxConfig, run
-from verl_restrain.sandbox.policy import PromptSetConfig
+from verl_restrain.sandbox.policy import ERROR_STRUCTURES, PromptSetConfig
 from verl_restrain.sandbox.sweep import SWEEP_GRID, parse_sweep, run_sweep
 
 __all__ = ["main", "build_config"]
@@ -74,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--accuracy-range", type=_range, default=prompts.accuracy_range, help="LOW,HIGH of the initial pi(gold | p)"
     )
+    parser.add_argument(
+        "--errors",
+        choices=ERROR_STRUCTURES,
+        default=prompts.errors,
+        help="random: wrong answers' shortcuts drawn at random; systematic: every prompt's most likely "
+        "wrong answer comes from the same shortcut",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -86,6 +93,7 @@ def build_config(args: argparse.Namespace) -> SandboxConfig:
         num_candidates=args.candidates,
         num_shortcuts=args.shortcuts,
         accuracy_range=args.accuracy_range,
+        errors=args.errors,
     )
     return SandboxConfig(
         steps=quick.get("steps", args.steps),

@@ -25,7 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
+ERROR_STRUCTURES = ("random", "systematic")
+
 __all__ = [
+    "ERROR_STRUCTURES",
     "PromptSetConfig",
     "PromptSet",
     "RoutePolicy",
@@ -46,6 +49,10 @@ class PromptSetConfig:
         num_shortcuts: m wrong routes shared by all prompts.
         accuracy_range: (low, high) of the uniform draw of q_p, the initial pi(correct | p).
         wrong_logit_std: std of the wrong candidates' logits; larger means more concentrated errors.
+        errors: ``random``: every wrong candidate's shortcut is drawn uniformly from 1..m.
+            ``systematic``: each prompt's most likely wrong answer (its trap) is reached by the same
+            shortcut 1, "the common mistake", and its other wrong answers by shortcuts 2..m; a
+            trap rewarded on one prompt then raises the trap of every prompt.
 
     The defaults were fixed from the environment alone, before any method was run: K = 16 lets a
     hard prompt's wrong answers scatter as free-form answers do; q_p ~ U(0.02, 0.5) makes the
@@ -58,6 +65,7 @@ class PromptSetConfig:
     num_shortcuts: int = 4
     accuracy_range: tuple[float, float] = (0.02, 0.5)
     wrong_logit_std: float = 1.0
+    errors: str = "random"
 
     def __post_init__(self) -> None:
         if self.num_prompts < 1:
@@ -71,6 +79,10 @@ class PromptSetConfig:
             raise ValueError(f"accuracy_range must satisfy 0 < low <= high < 1, got {self.accuracy_range}")
         if not self.wrong_logit_std >= 0:
             raise ValueError(f"wrong_logit_std must be >= 0, got {self.wrong_logit_std}")
+        if self.errors not in ERROR_STRUCTURES:
+            raise ValueError(f"errors must be one of {ERROR_STRUCTURES}, got {self.errors!r}")
+        if self.errors == "systematic" and self.num_shortcuts < 2:
+            raise ValueError("systematic errors need num_shortcuts >= 2 (the trap's route and the others)")
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,11 @@ def make_prompts(config: PromptSetConfig, generator: torch.Generator) -> PromptS
     # pi(correct) = q  <=>  b_correct = logit(q) + logsumexp(wrong logits).
     correct_logit = torch.logit(accuracy) + torch.logsumexp(wrong_logits, dim=1)  # (P,)
     shortcut = torch.randint(1, config.num_shortcuts + 1, (num_prompts, num_candidates - 1), generator=generator)
+    if config.errors == "systematic":
+        others = torch.randint(2, config.num_shortcuts + 1, (num_prompts, num_candidates - 1), generator=generator)
+        is_trap = torch.zeros_like(others, dtype=torch.bool)
+        is_trap.scatter_(1, wrong_logits.argmax(dim=1, keepdim=True), True)
+        shortcut = torch.where(is_trap, 1, others)  # (P, K-1)
 
     # Column 0 holds the correct candidate before a random per-prompt permutation of the columns.
     bias = torch.cat([correct_logit[:, None], wrong_logits], dim=1)  # (P, K)

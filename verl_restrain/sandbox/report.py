@@ -83,7 +83,7 @@ def markdown_table(summary: list[dict], config: SandboxConfig) -> str:
     low, high = prompts.accuracy_range
     lines = [
         f"Sandbox: {prompts.num_prompts} training + {config.num_heldout} held-out prompts, "
-        f"{prompts.num_candidates} candidates, {prompts.num_shortcuts} shortcut routes, "
+        f"{prompts.num_candidates} candidates, {prompts.num_shortcuts} shortcut routes ({prompts.errors} errors), "
         f"initial pi(gold) ~ U({low}, {high}); n = {config.n}, {config.steps} steps, {config.optimizer} lr = {config.lr}; "
         f"sigma = {config.sigma}, center = {config.center}, kappa = {config.kappa}, delta = {config.delta}; "
         f"seeds {', '.join(map(str, config.seeds))}. Mean ± std over seeds; columns after 'peak' at the final step.",
@@ -125,7 +125,7 @@ def plot_curves(results: Results, config: SandboxConfig, path: Path) -> None:
     legend_axis.legend(handles, [f"{label}: {describe(label)}" for label in labels], loc="center", fontsize=9)
     low, high = config.prompts.accuracy_range
     figure.suptitle(
-        f"RESTRAIN sandbox (simulation): initial pi(gold) ~ U({low}, {high}), n = {config.n}, "
+        f"RESTRAIN sandbox (simulation): initial pi(gold) ~ U({low}, {high}), {config.prompts.errors} errors, n = {config.n}, "
         f"sigma = {config.sigma}, kappa = {config.kappa}, delta = {config.delta}, seeds {list(config.seeds)}"
     )
     figure.savefig(path, dpi=110)
