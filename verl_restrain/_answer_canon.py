@@ -14,6 +14,7 @@ from verl_restrain._answer_extract import MAX_BOX_CHARS, last_boxed
 
 MAX_ANSWER_CHARS = MAX_BOX_CHARS
 """Canonical answers are at most this long; anything longer is not an answer."""
+MAX_PASSES = 4
 
 _INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202f\u2060\ufeff]")
 _UNICODE_MATH = {
@@ -171,6 +172,35 @@ def _tidy(text: str) -> str:
     return _drop_assignment(text)
 
 
+def _rewrite(text: str) -> str:
+    """One pass of the rewrites listed in ``canonical_math``."""
+    text = _DELIMITERS.sub("", text)
+    text = _LAYOUT.sub(" ", text)
+    text = _FRAC_VARIANTS.sub(r"\\frac", text)
+    text = _braced_shorthand(text, "\\frac", 2)
+    text = _braced_shorthand(text, "\\sqrt", 1)
+    text = _DEGREES.sub("", text)
+    text = _PERCENT.sub("", text)
+    without_unit = _TRAILING_UNIT.sub("", text).strip()
+    if without_unit:
+        text = without_unit
+    text = _TEXT_CONJUNCTION.sub(", ", text)
+    text = _unwrap_text_commands(text)
+    text = _CONJUNCTION.sub(", ", text)
+    text = text.replace("{,}", "").strip()
+    if _THOUSANDS_COMMA.fullmatch(text):
+        text = text.replace(",", "")
+    elif _THOUSANDS_SPACE.fullmatch(text):
+        text = text.replace(" ", "")
+    text = _squeeze_spaces(text).replace(",", ", ")
+    for _ in range(4):
+        tidied = _tidy(text)
+        if tidied == text:
+            break
+        text = tidied
+    return text
+
+
 def canonical_math(answer: str) -> str | None:
     """Canonical form of a bare math answer (box content, gold label, sentence answer).
 
@@ -198,30 +228,12 @@ def canonical_math(answer: str) -> str | None:
         text = last_boxed(text) or text
     if len(text) > MAX_ANSWER_CHARS:
         return None
-    text = _DELIMITERS.sub("", text)
-    text = _LAYOUT.sub(" ", text)
-    text = _FRAC_VARIANTS.sub(r"\\frac", text)
-    text = _braced_shorthand(text, "\\frac", 2)
-    text = _braced_shorthand(text, "\\sqrt", 1)
-    text = _DEGREES.sub("", text)
-    text = _PERCENT.sub("", text)
-    without_unit = _TRAILING_UNIT.sub("", text).strip()
-    if without_unit:
-        text = without_unit
-    text = _TEXT_CONJUNCTION.sub(", ", text)
-    text = _unwrap_text_commands(text)
-    text = _CONJUNCTION.sub(", ", text)
-    text = text.replace("{,}", "").strip()
-    if _THOUSANDS_COMMA.fullmatch(text):
-        text = text.replace(",", "")
-    elif _THOUSANDS_SPACE.fullmatch(text):
-        text = text.replace(" ", "")
-    text = _squeeze_spaces(text).replace(",", ", ")
-    for _ in range(4):
-        tidied = _tidy(text)
-        if tidied == text:
+    # One rewrite can expose another (unwrapping \text{} next to \frac1): repeat to a fixed point.
+    for _ in range(MAX_PASSES):
+        rewritten = _rewrite(text)
+        if rewritten == text:
             break
-        text = tidied
+        text = rewritten
     if not text or len(text) > MAX_ANSWER_CHARS:
         return None
     return text

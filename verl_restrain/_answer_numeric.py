@@ -1,35 +1,42 @@
-"""Exact/high-precision values of constant answers, and Math-Verify's numeric equality on them.
+"""Deciding answer equality without sympy: exact constants, sampled polynomials, sets and bounds.
 
-Most answers are real constants: integers, decimals, fractions, radicals, multiples of pi, or tuples
-of those. For them, equality needs no sympy. This module evaluates a canonical answer string with a
-small recursive-descent parser over the LaTeX subset
+Most answers are real constants (integers, decimals, fractions, radicals, multiples of pi or e),
+tuples or sets of those, polynomials or one-variable bounds. For them Math-Verify's verdict can be
+computed directly, far faster than parsing to sympy and simplifying. This module evaluates a
+canonical answer string with a small recursive-descent parser over the LaTeX subset
 
     expr   := ['-'] term (('+' | '-') term)*
     term   := power (('\\cdot' | '\\times' | '*' | '/' | '\\div') power | power)*   # juxtaposition
-    power  := atom ['^' (group | digit)]
-    atom   := number | '\\pi' | '\\frac' group group | '\\sqrt' ['[' expr ']'] group | '(' expr ')' | group
+    power  := atom ['^' (group | digit | letter)]
+    atom   := number | '\\pi' | 'e' | letter | '\\frac' group group | '\\sqrt' ['[' expr ']'] group
+            | '(' expr ')' | group
     group  := '{' expr '}'
 
-and returns ``Value(exact, approx, is_decimal)``: ``exact`` is a ``fractions.Fraction`` whenever the
-value is rational (integers of any size stay exact), ``approx`` the value at ``PRECISION_DIGITS``
-significant digits (mpmath).
+giving ``Value(exact, approx, is_decimal, variable)``: ``exact`` is a ``fractions.Fraction`` whenever
+the value is rational (integers of any size stay exact), ``approx`` the value at
+``PRECISION_DIGITS`` significant digits (mpmath). Letters in ``VARIABLES`` are real variables; an
+expression with variables is evaluated at ``SAMPLE_POINTS`` fixed irrational points.
 
-Anything outside the subset gives None and the comparison falls through to Math-Verify, which also
-happens for constructs whose reading in Math-Verify differs from the usual one: a digit before
-``\\frac`` (Math-Verify reads ``2\\frac{1}{2}`` as the mixed number 5/2), juxtaposition after "/"
-(``1/2\\pi`` is ``1/(2\\pi)`` there), a number before "(" (``2(3)`` is read as 5), a sign right after
-"^", stacked exponents, spaces between digits. Work is bounded: strings over ``MAX_EXPRESSION_CHARS``,
-nesting over ``MAX_DEPTH``, exponents over ``MAX_EXPONENT`` and exact values over ``MAX_EXACT_BITS``
-give None instead of being computed.
+Anything outside the subset gives None and the comparison falls through to Math-Verify. So do
+constructs that Math-Verify reads in its own way: a digit before ``\\frac`` (``2\\frac{1}{2}`` is
+the mixed number 5/2 there), juxtaposition after "/" (``1/2\\pi`` is ``1/(2\\pi)``), a group after
+a letter (``f(x)`` is a function call) or a constant group after a number (``2(3)`` is read as 5),
+a sign right after "^", stacked exponents, spaces between digits. Work is bounded: strings over
+``MAX_EXPRESSION_CHARS``, nesting over ``MAX_DEPTH``, exponents over ``MAX_EXPONENT`` and exact
+values over ``MAX_EXACT_BITS`` give None instead of being computed.
 
-Equality (``numbers_equal``) follows Math-Verify's ``sympy_numeric_eq`` with exact arithmetic in place
-of 15-digit floats:
-- if either answer is a bare decimal literal, both are rounded to ``FLOAT_ROUNDING`` = 6 decimal
-  places (half to even, like sympy's ``round``) and compared: 1/3 equals 0.333333;
+Equality of constants (``numbers_equal``) follows Math-Verify's ``sympy_numeric_eq`` with exact
+arithmetic in place of 15-digit floats:
+- if either answer is a bare decimal literal (other than "0.5", which Math-Verify reads as 1/2):
+  against an integer it must be exactly equal (1.0000004 is not 1, 2.0 is 2); otherwise both are
+  rounded to ``FLOAT_ROUNDING`` = 6 decimal places (half to even, like sympy's ``round``) and
+  compared: 1/3 equals 0.333333, and so do 0.0000001 and 0.0000002, exactly as in Math-Verify;
 - else if both are rational, they are compared exactly: 12345678901234567890 and
-  12345678901234567891 differ (a 15-digit float comparison would merge them);
-- else they are equal when they agree to ``RELATIVE_TOLERANCE`` (Math-Verify's symbolic/15-digit
-  check; ``\\frac{1}{\\sqrt{2}}`` equals ``\\frac{\\sqrt{2}}{2}``).
+  12345678901234567891 differ (a float comparison would merge them);
+- else they are equal when they agree to ``EQUAL_TOLERANCE`` relative (Math-Verify's symbolic and
+  15-digit checks; ``\\frac{1}{\\sqrt{2}}`` equals ``\\frac{\\sqrt{2}}{2}``), unequal when they
+  differ by more than ``DIFFERENT_TOLERANCE``, undecided in between.
+``numeric_verdict`` extends this to tuples, sets, functions of variables and bounds.
 """
 
 from __future__ import annotations
@@ -345,7 +352,8 @@ def constant_value(text: str) -> Value | None:
         value = _Parser(text).parse()
     except _ERRORS:
         return None
-    if _DECIMAL_LITERAL.fullmatch(text):
+    # Math-Verify rewrites the exact string "0.5" (or ".5") as 1/2 before parsing.
+    if _DECIMAL_LITERAL.fullmatch(text) and text not in ("0.5", ".5"):
         return Value(value.exact, value.approx, is_decimal=True)
     return value
 
@@ -478,9 +486,15 @@ def _rounded(value: Value) -> Fraction:
     return round(exact, FLOAT_ROUNDING)
 
 
+def _integer_constant(value: Value) -> bool:
+    return not value.is_decimal and value.exact is not None and value.exact.denominator == 1
+
+
 def numbers_equal(a: Value, b: Value) -> bool | None:
     """Math-Verify's numeric equality of two constants, computed exactly (module docstring)."""
     if a.is_decimal or b.is_decimal:
+        if _integer_constant(a) or _integer_constant(b):
+            return a.exact == b.exact
         return _rounded(a) == _rounded(b)
     if a.exact is not None and b.exact is not None:
         return a.exact == b.exact
@@ -528,6 +542,9 @@ def numeric_verdict(a: str, b: str) -> bool | None:
         if relation_a[:2] != relation_b[:2]:
             return False
         return numbers_equal(relation_a[2], relation_b[2])
+    if (len(a) == 1 and a in VARIABLES) or (len(b) == 1 and b in VARIABLES):
+        # Math-Verify compares a bare symbol by name only ("x" is not "x+0"): its rule, not ours.
+        return None
     function_a = ((value_a,) * SAMPLE_POINTS, True) if value_a is not None else function_values(a)
     function_b = ((value_b,) * SAMPLE_POINTS, True) if value_b is not None else function_values(b)
     if function_a is None or function_b is None:
