@@ -13,4 +13,4 @@ See ``verl_restrain.evaluation`` for the metrics and the output format.
 from verl_restrain.evaluation import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

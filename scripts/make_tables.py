@@ -11,4 +11,4 @@ See ``verl_restrain.tables`` for the table layout and the log formats read.
 from verl_restrain.tables import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

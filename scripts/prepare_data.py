@@ -10,4 +10,4 @@ See ``verl_restrain.data.prepare`` for the sources, the row format and the promp
 from verl_restrain.data.prepare import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

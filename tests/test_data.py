@@ -268,10 +268,10 @@ def test_written_files_share_one_schema_and_load_in_verl(tmp_path):
     local = tmp_path / "local"
     local.mkdir()
     pd.DataFrame(gpqa_records(4)).to_csv(local / "gpqa_diamond.csv", index=False)
-    written = prep.main(
+    assert prep.main(
         ["--benchmarks", "aime24,gpqa_diamond,math500", "--output-dir", str(tmp_path / "out"), "--local-dir", str(local)]
-    )
-    assert sorted(written) == ["aime24", "gpqa_diamond", "math500"]
+    ) == 0
+    written = {name: tmp_path / "out" / f"{name}.parquet" for name in ("aime24", "gpqa_diamond", "math500")}
     for path in written.values():
         assert pq.read_schema(path).remove_metadata() == ROW_SCHEMA
     assert read_provenance(written["gpqa_diamond"])["rows"] == 4

@@ -390,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line of ``scripts/evaluate.py``; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
         config = EvalConfig(
@@ -417,4 +418,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"evaluate: {exc}") from exc
     print(markdown_report(result))
-    return result
+    return 0

@@ -345,12 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> str:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line of ``scripts/make_tables.py``; returns the exit status."""
     args = build_parser().parse_args(argv)
     if not args.results and not args.curve:
         raise SystemExit("make_tables: give result JSON files and/or --curve LABEL=LOG")
     try:
-        text = ""
         if args.results:
             text = build_tables(load_results(args.results), with_paper=not args.no_paper)
             print(text)
@@ -366,6 +366,6 @@ def main(argv: Sequence[str] | None = None) -> str:
                 logs[label] = read_training_log(path)
             drawn = plot_curves(logs, args.curves_png, args.curve_metrics or DEFAULT_CURVE_PATTERNS)
             print(f"drew {len(drawn)} metrics for {len(logs)} runs to {args.curves_png}")
-        return text
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise SystemExit(f"make_tables: {exc}") from exc
+    return 0

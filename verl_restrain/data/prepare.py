@@ -400,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line of ``scripts/prepare_data.py``; returns the exit status."""
     args = build_parser().parse_args(argv)
     overrides = {}
     for item in args.hub:
@@ -409,8 +410,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
             raise SystemExit(f"--hub {item!r}: expected NAME=REPO[:CONFIG[:SPLIT]]")
         overrides[name.strip()] = HubSource.parse(spec.strip())
     try:
-        return prepare_benchmarks(
+        prepare_benchmarks(
             args.benchmarks, args.output_dir, source=args.source, local_dir=args.local_dir, hub_overrides=overrides
         )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise SystemExit(f"prepare_data: {exc}") from exc
+    return 0

@@ -57,7 +57,8 @@ def reweight_prompts(input: str | Path, output: str | Path, *, sigma: float, cen
     return output
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line (``python -m verl_restrain.data.prompt_weights``); returns the exit status."""
     parser = argparse.ArgumentParser(description="Recompute u_x of a scored parquet for another sigma/center.")
     parser.add_argument("--input", required=True, help="output of restrain-score-prompts")
     parser.add_argument("--output", required=True)
@@ -69,8 +70,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"prompt_weights: {exc}") from exc
     print(f"wrote {path} (u_x for sigma={args.sigma}, center={args.center})")
-    return path
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
