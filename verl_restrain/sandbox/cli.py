@@ -152,7 +152,8 @@ def _run_sweep(config: SandboxConfig, params: tuple[str, ...], out: Path, progre
             "points": points,
         },
     )
-    return table + f"\nSweep took {runtime:.1f} s. Wrote sandbox_sweep.md, sandbox_sweep.json, sandbox_sweep.png to {out}\n"
+    written = "sandbox_sweep.md, sandbox_sweep.json, sandbox_sweep.png"
+    return table + f"\nSweep took {runtime:.1f} s. Wrote {written} to {out}\n"
 
 
 def main(argv: list[str] | None = None) -> int:

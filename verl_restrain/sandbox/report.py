@@ -55,9 +55,10 @@ def _mean_std(values: np.ndarray) -> tuple[float, float | None]:
 def summarize(results: Results) -> list[dict]:
     """Per method: start, mean, peak and final held-out pass@1 and the final value of every metric.
 
-    Each value is ``[mean, std]`` over seeds (std None for one seed). ``mean`` is each seed's average over all steps (the
-    area under the curve: it tells how fast a method learns once finals saturate), ``peak`` each
-    seed's maximum over steps (a peak above the final value is a collapse).
+    Each value is ``[mean, std]`` over seeds (std None for one seed). ``mean`` is each seed's
+    average over all steps (the area under the curve: it tells how fast a method learns once final
+    values saturate), ``peak`` each seed's maximum over steps (a peak above the final value is a
+    collapse).
     """
     rows = []
     for name in results:
@@ -84,7 +85,8 @@ def markdown_table(summary: list[dict], config: SandboxConfig) -> str:
     lines = [
         f"Sandbox: {prompts.num_prompts} training + {config.num_heldout} held-out prompts, "
         f"{prompts.num_candidates} candidates, {prompts.num_shortcuts} shortcut routes ({prompts.errors} errors), "
-        f"initial pi(gold) ~ U({low}, {high}); n = {config.n}, {config.steps} steps, {config.optimizer} lr = {config.lr}; "
+        f"initial pi(gold) ~ U({low}, {high}); n = {config.n}, {config.steps} steps, "
+        f"{config.optimizer} lr = {config.lr}; "
         f"sigma = {config.sigma}, center = {config.center}, kappa = {config.kappa}, delta = {config.delta}; "
         f"seeds {', '.join(map(str, config.seeds))}. Mean ± std over seeds; columns after 'peak' at the final step.",
         "",
@@ -125,7 +127,8 @@ def plot_curves(results: Results, config: SandboxConfig, path: Path) -> None:
     legend_axis.legend(handles, [f"{label}: {describe(label)}" for label in labels], loc="center", fontsize=9)
     low, high = config.prompts.accuracy_range
     figure.suptitle(
-        f"RESTRAIN sandbox (simulation): initial pi(gold) ~ U({low}, {high}), {config.prompts.errors} errors, n = {config.n}, "
+        f"RESTRAIN sandbox (simulation): initial pi(gold) ~ U({low}, {high}), "
+        f"{config.prompts.errors} errors, n = {config.n}, "
         f"sigma = {config.sigma}, kappa = {config.kappa}, delta = {config.delta}, seeds {list(config.seeds)}"
     )
     figure.savefig(path, dpi=110)
@@ -198,9 +201,8 @@ def plot_sweep(points: list[dict], grid: dict[str, list], config: SandboxConfig,
         image = axis.imshow(differences[p], cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
         for r in range(len(row_values)):
             for c in range(len(col_values)):
-                axis.text(
-                    c, r, f"{restrain[p, r, c]:.3f}\n({differences[p, r, c]:+.3f})", ha="center", va="center", fontsize=8
-                )
+                label = f"{restrain[p, r, c]:.3f}\n({differences[p, r, c]:+.3f})"
+                axis.text(c, r, label, ha="center", va="center", fontsize=8)
         axis.set_yticks(range(len(row_values)), [str(value) for value in row_values])
         axis.set_ylabel(rows_param)
         axis.set_xticks(range(len(col_values)), [str(value) for value in col_values] if cols_param else [""])
