@@ -1,0 +1,147 @@
+"""The restrain trainer's advantage step through a real local TransferQueue (Ray, CPU), as in training.
+
+Rollouts are put into TransferQueue the way verl's agent loop puts them (the dataset row's fields,
+``extra_fields`` with the reward manager's output, per-token log-probs), the trainer is built with
+verl's own ``__init__``, and its ``_compute_advantage`` reads from and writes to TransferQueue.
+"""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from tiny_lm import make_tokenizer
+from verl_batches import compose_config, default_groups, rollout_rows, rows_to_dataproto, score_batch, updated
+
+from verl_restrain import defaults
+from verl_restrain.trainer import RestrainColocateAsyncTrainer, RestrainTrainer, restrain_advantage_step
+
+
+@pytest.fixture(scope="module")
+def transfer_queue():
+    ray = pytest.importorskip("ray")
+    import transfer_queue as tq
+    from omegaconf import OmegaConf
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
+    yield tq
+    tq.close()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def records():
+    from verl.trainer.ppo.reward import load_reward_manager
+
+    tokenizer = make_tokenizer()
+    return score_batch(load_reward_manager(compose_config(), tokenizer), tokenizer, default_groups())
+
+
+@pytest.fixture
+def train_file(tmp_path):
+    path = tmp_path / "train.parquet"
+    prompt = [{"role": "user", "content": "What is 2 + 3?"}]
+    pq.write_table(pa.table({"prompt": [prompt], defaults.PROMPT_WEIGHT_COLUMN: [1.0],
+                             defaults.REF_MAJORITY_ANSWER_COLUMN: ["5"]}), path)
+    return str(path)
+
+
+def _with_log_probs(rows, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    for row in rows:
+        length = row["response_mask"].numel()
+        row["rollout_log_probs"] = -torch.rand(length, generator=generator)
+        row["old_log_probs"] = row["rollout_log_probs"] + 0.01 * torch.randn(length, generator=generator)
+    return rows
+
+
+def _put(tq, keys, rows):
+    from transfer_queue import KVBatchMeta
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    tags = [{"status": "success", "seq_len": row["response_mask"].numel()} for row in rows]
+    tq.kv_batch_put(keys=keys, partition_id="train", fields=list_of_dict_to_tensordict(rows), tags=tags)
+    return KVBatchMeta(partition_id="train", keys=keys, tags=tags)
+
+
+def _get(tq, batch, field):
+    return tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=[field])[field].to_padded_tensor(0.0)
+
+
+def test_trainer_runs_verls_sync_loop_and_validates_first(train_file, monkeypatch):
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    sync = RestrainTrainer(compose_config(f"data.train_files={train_file}"))
+    assert (sync.trainer_mode, sync.registered_mode) == ("sync", "restrain")
+    assert type(sync.replay_buffer) is ReplayBuffer and sync.parameter_sync_step == 1
+    colocate = RestrainColocateAsyncTrainer(
+        compose_config(f"data.train_files={train_file}", "trainer.v1.trainer_mode=restrain_colocate_async")
+    )
+    assert (colocate.trainer_mode, colocate.registered_mode) == ("colocate_async", "restrain_colocate_async")
+    assert type(colocate.replay_buffer) is ReplayBufferAsync
+
+    # A bad config fails before verl's own __init__ builds anything.
+    def too_late(self):
+        raise AssertionError("verl's trainer __init__ ran before the RESTRAIN checks")
+
+    monkeypatch.setattr(PPOTrainer, "_build_replay_buffer", too_late)
+    with pytest.raises(ValueError, match="algorithm.restrain.kappa must be <= actor_rollout_ref.rollout.n = 8"):
+        RestrainTrainer(compose_config(f"data.train_files={train_file}", "algorithm.restrain.kappa=12"))
+
+
+def test_advantage_step_through_transfer_queue(transfer_queue, records, train_file):
+    tq = transfer_queue
+    keys, rows = rollout_rows(records, seed=3)
+    rows = _with_log_probs(rows)
+    batch = _put(tq, keys, rows)
+    config = compose_config(f"data.train_files={train_file}")
+    trainer = RestrainTrainer(config)
+    metrics = {}
+    trainer._compute_advantage(batch, metrics)
+
+    expected = rows_to_dataproto(rows)
+    expected_metrics = restrain_advantage_step(expected, keys, config.algorithm)
+    width = expected.batch["response_mask"].shape[1]
+    for field in ("advantages", "returns", "token_level_rewards"):
+        assert torch.equal(_get(tq, batch, field)[:, :width], expected.batch[field]), field
+    assert {name: value for name, value in metrics.items() if name.startswith("restrain/")} == expected_metrics
+    # verl's rollout correction ran on the log-probs, as in verl's own advantage step.
+    assert any(name.startswith("rollout_corr/") for name in metrics)
+    tq.kv_clear(keys=batch.keys, partition_id="train")
+
+
+def test_ttrl_through_transfer_queue_equals_verls_grpo_step(transfer_queue, records, train_file):
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    tq = transfer_queue
+    keys, rows = rollout_rows(records, seed=5)
+    rows = _with_log_probs(rows)
+    ttrl_batch = _put(tq, keys, rows)
+    ttrl = RestrainTrainer(compose_config(f"data.train_files={train_file}", "restrain_method=ttrl"))
+    ttrl._compute_advantage(ttrl_batch, {})
+    ttrl_advantages = _get(tq, ttrl_batch, "advantages")
+    ttrl_rewards = _get(tq, ttrl_batch, "token_level_rewards")
+
+    # The same rollouts (other uids), scored with TTRL's reward, through verl's own trainer and GRPO.
+    grpo_rows = [dict(row, uid=row["uid"] + "g", rm_scores=ttrl_rewards[i, : row["response_mask"].numel()])
+                 for i, row in enumerate(rows)]
+    grpo_keys = [key.replace("_", "g_", 1) for key in keys]
+    grpo_batch = _put(tq, grpo_keys, grpo_rows)
+    grpo_config = updated(compose_config(), {"algorithm.adv_estimator": "grpo", "trainer.v1.trainer_mode": "sync",
+                                             "reward.reward_manager.name": "naive"})
+    PPOTrainerSync(grpo_config)._compute_advantage(grpo_batch, {})
+    torch.testing.assert_close(ttrl_advantages, _get(tq, grpo_batch, "advantages"), rtol=1e-5, atol=1e-6)
+    assert ttrl_rewards.sum() == 5 + 4 + 3 + 1  # majority answers: 12 x5, 3 x4, B x3, 1 x1
+    tq.kv_clear(keys=ttrl_batch.keys + grpo_batch.keys, partition_id="train")
+
+
+def test_a_missing_dataset_column_fails_at_the_step(transfer_queue, records, train_file):
+    tq = transfer_queue
+    keys, rows = rollout_rows(records, seed=1)
+    rows = [{name: value for name, value in row.items() if name != defaults.PROMPT_WEIGHT_COLUMN} for row in rows]
+    batch = _put(tq, keys, rows)
+    trainer = RestrainTrainer(compose_config(f"data.train_files={train_file}"))
+    with pytest.raises(ValueError, match=f"no field\\(s\\) \\['{defaults.PROMPT_WEIGHT_COLUMN}'\\]"):
+        trainer._compute_advantage(batch, {})
+    tq.kv_clear(keys=batch.keys, partition_id="train")
