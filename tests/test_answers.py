@@ -262,6 +262,8 @@ def test_expressions_with_variables(gold, pred, expected):
         ("\\boxed{}", None),
         ("\\boxed{ }", None),
         ("\\boxed", None),
+        ("\\boxed\\boxed\\boxed", None),
+        ("The answer is \\boxed{\\frac{1}{2}", None),
         # Without a box: the answer sentence
         ("The final answer is $\\frac{1}{2}$. I hope it is correct.", "\\frac{1}{2}"),
         ("So the answer is 42.", "42"),

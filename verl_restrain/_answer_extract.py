@@ -85,7 +85,8 @@ def _closing_brace(text: str, open_pos: int) -> int:
 def _box_at(text: str, start: int, limit: int) -> tuple[str, int] | None:
     """(content, end index) of the box whose command starts at ``start``, ending before ``limit``.
 
-    ``\\boxed{...}`` is read with brace matching; ``\\boxed 5`` (no brace) takes one token.
+    ``\\boxed{...}`` is read with brace matching; ``\\boxed 5`` (no brace) takes one token
+    without braces, dollars or backslashes.
     Returns None for an empty, unclosed or over-long box.
     """
     command_len = _command_at(text, start)
@@ -102,7 +103,7 @@ def _box_at(text: str, start: int, limit: int) -> tuple[str, int] | None:
             return None
         content = text[pos + 1 : close].strip()
         return (content, close) if content else None
-    token = re.match(r"[^\s${}]{1,100}", text[pos:limit])
+    token = re.match(r"[^\s${}\\]{1,100}", text[pos:limit])
     if token is None:
         return None
     return token.group(0), pos + token.end() - 1
@@ -183,6 +184,8 @@ def answer_sentence(text: str) -> str | None:
         answer = rest[: end.start()] if end else rest
     answer = answer.strip()
     if not answer or len(answer) > MAX_SENTENCE_ANSWER_CHARS or _PROSE.search(answer):
+        return None
+    if any(command in answer for command in _BOX_COMMANDS):  # a box that never closed
         return None
     return answer
 

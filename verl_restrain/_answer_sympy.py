@@ -29,12 +29,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 PAIR_TIMEOUT_S = 1.0
-"""Wall-clock limit for one Math-Verify comparison (parse of both answers + verify both ways)."""
+"""Wall-clock limit for each step of a Math-Verify comparison: preparing (parsing, sampling) each
+answer, then verifying both ways."""
+SLOW_ANSWERS_KEPT = 4096
 STARTUP_TIMEOUT_S = 60.0
 """Limit for a worker's start (importing sympy and Math-Verify), not counted in ``PAIR_TIMEOUT_S``."""
 MAX_STARTUP_FAILURES = 3
@@ -113,8 +116,12 @@ class _WorkerUnavailable(Exception):
     """No worker could be started or reached; no verdict."""
 
 
+class _WorkerGone(Exception):
+    """The worker was already dead when a request was sent (not the request's fault)."""
+
+
 class _WorkerDied(Exception):
-    """The worker exited in the middle of a comparison."""
+    """The worker exited while handling a request."""
 
 
 def _worker_env() -> dict[str, str]:
@@ -147,9 +154,9 @@ class _Worker:
         poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not poller.poll(max(1, int(remaining * 1000))):
-                if time.monotonic() >= deadline:
-                    return None
+            if remaining <= 0:
+                return None
+            if not poller.poll(max(1, int(remaining * 1000))):
                 continue
             chunk = os.read(fd, 65536)
             if not chunk:
@@ -169,18 +176,19 @@ class _Worker:
             raise _WorkerUnavailable()
         self.ready = True
 
-    def compare(self, a: str, b: str, timeout: float) -> bool | None:
-        """Math-Verify's verdict, or None if ``timeout`` passed (the worker is then unusable)."""
-        request = json.dumps({"a": a, "b": b}) + "\n"
+    def send(self, payloads: list[dict]) -> None:
+        """Queue requests; the worker answers them in order."""
+        data = "".join(json.dumps(payload) + "\n" for payload in payloads)
         try:
-            self.process.stdin.write(request.encode("ascii"))
+            self.process.stdin.write(data.encode("ascii"))
             self.process.stdin.flush()
-        except (BrokenPipeError, OSError) as error:
-            raise _WorkerDied() from error
+        except OSError as error:  # BrokenPipeError: it had exited before these requests
+            raise _WorkerGone() from error
+
+    def receive(self, timeout: float) -> dict | None:
+        """The next reply, or None if ``timeout`` seconds passed (the worker is then unusable)."""
         line = self._read_line(time.monotonic() + timeout)
-        if line is None:
-            return None
-        return bool(json.loads(line)["equal"])
+        return None if line is None else json.loads(line)
 
     def kill(self) -> None:
         try:
@@ -195,6 +203,29 @@ class _Worker:
                 pass
 
 
+class _SlowAnswers:
+    """Answers whose parsing or evaluation alone exceeded the time limit, most recent kept.
+
+    Comparing such an answer would time out again, so it is unequal to everything without a try.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, answer: str) -> None:
+        with self._lock:
+            self._items[answer] = None
+            self._items.move_to_end(answer)
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def __contains__(self, answer: str) -> bool:
+        with self._lock:
+            return answer in self._items
+
+
 class _Pool:
     """Up to ``size`` workers shared by all threads of one process."""
 
@@ -206,6 +237,7 @@ class _Pool:
         self._startup_failures = 0
         self._disabled = False
         self._condition = threading.Condition()
+        self.slow_answers = _SlowAnswers(SLOW_ANSWERS_KEPT)
 
     def _spawn(self) -> _Worker | None:
         try:
@@ -265,8 +297,7 @@ class _Pool:
             return
         self._release(worker)
 
-    def compare(self, a: str, b: str, timeout: float) -> bool | None:
-        """True/False from Math-Verify (False also for a timeout or a crash), None if no worker."""
+    def _checked_out(self) -> _Worker | None:
         try:
             worker = self._acquire()
         except _WorkerUnavailable:
@@ -276,15 +307,37 @@ class _Pool:
         except _WorkerUnavailable:
             self._retire(worker, startup_failed=True)
             return None
-        try:
-            verdict = worker.compare(a, b, timeout)
-        except (_WorkerDied, ValueError, KeyError):
-            verdict = None
-        if verdict is None:
-            self._retire(worker)
-            return False
-        self._release(worker)
-        return verdict
+        return worker
+
+    def compare(self, a: str, b: str, timeout: float) -> bool | None:
+        """Math-Verify's verdict; False when a step times out or the worker crashes; None if no
+        worker can be had. Each answer is prepared (parsed, sampled) in its own step with its own
+        ``timeout``, so a slow answer is recognised and remembered in ``slow_answers``."""
+        for _ in range(2):  # a second try only if the first worker was found already dead
+            worker = self._checked_out()
+            if worker is None:
+                return None
+            steps = [({"op": "prepare", "answer": a}, a), ({"op": "prepare", "answer": b}, b)]
+            steps.append(({"op": "equal", "a": a, "b": b}, None))
+            try:
+                # Sent together (one round trip), answered in order: each reply has its own deadline.
+                worker.send([payload for payload, _ in steps])
+                for _, answer in steps:
+                    reply = worker.receive(timeout)
+                    if reply is None:
+                        if answer is not None:
+                            self.slow_answers.add(answer)
+                        self._retire(worker)
+                        return False
+            except _WorkerGone:
+                self._retire(worker)
+                continue
+            except (_WorkerDied, ValueError):
+                self._retire(worker)
+                return False
+            self._release(worker)
+            return bool(reply.get("equal"))
+        return None
 
     def close(self) -> None:
         with self._condition:
@@ -319,7 +372,10 @@ def math_verify_equal(a: str, b: str, timeout: float | None = None) -> bool | No
     seconds (default ``PAIR_TIMEOUT_S``). None when no worker is available (no verdict)."""
     if looks_explosive(a) or looks_explosive(b):
         return False
-    return pool().compare(a, b, PAIR_TIMEOUT_S if timeout is None else timeout)
+    workers = pool()
+    if a in workers.slow_answers or b in workers.slow_answers:
+        return False
+    return workers.compare(a, b, PAIR_TIMEOUT_S if timeout is None else timeout)
 
 
 def warm_up() -> None:

@@ -2,17 +2,24 @@
 
 Started by ``verl_restrain._answer_sympy`` as ``python -u <this file>`` (run by path, so the parent
 package is not imported). A pair is equal when Math-Verify's ``verify`` holds in both directions.
-Before ``verify``, two plain expressions whose values differ clearly at a sample point are reported
-unequal at once: Math-Verify's symbolic check (``simplify(a - b) == 0``) cannot succeed for them, and
-``simplify`` is where it spends its time on unequal pairs.
+
+Work on one answer and work on a pair are separate requests, so that the parent can tell which
+answer is slow:
+- ``prepare`` parses an answer with Math-Verify and, for a plain expression, evaluates it at two
+  sample points (free symbols get fixed values chosen by name). Both are cached.
+- ``equal`` compares two prepared answers. When both are plain expressions whose sampled values
+  differ clearly, the answer is "unequal" at once: Math-Verify's symbolic check
+  (``simplify(a - b) == 0``) cannot succeed for them, and ``simplify`` is where it spends its time
+  on unequal pairs. Otherwise ``verify`` decides.
 
 Protocol, one JSON object per line:
-- on start, after the imports, the worker writes ``{"ready": true}``;
-- request ``{"a": "<canonical answer>", "b": "<canonical answer>"}`` on stdin;
-- reply ``{"equal": true|false}`` on stdout.
-The worker exits on end of stdin and when its parent dies. Its address space is capped at
-``MEMORY_LIMIT_BYTES`` so that a sympy blow-up ends in MemoryError (reported as not equal) rather
-than in the machine swapping.
+- on start, after the imports and a first comparison (the LaTeX parser's warm-up), the worker writes
+  ``{"ready": true}``;
+- ``{"op": "prepare", "answer": "<canonical answer>"}`` -> ``{"ok": true}``;
+- ``{"op": "equal", "a": "<canonical answer>", "b": "<canonical answer>"}`` -> ``{"equal": bool}``.
+Any failure inside a request (MemoryError and RecursionError included) answers ``ok``/``equal``
+false. The worker exits on end of stdin and when its parent dies. Its address space is capped at
+``MEMORY_LIMIT_BYTES`` so that a sympy blow-up ends in MemoryError rather than in swapping.
 """
 
 import json
@@ -22,6 +29,7 @@ import sys
 import threading
 import time
 import zlib
+from dataclasses import dataclass
 from functools import lru_cache
 
 import sympy
@@ -29,7 +37,8 @@ from math_verify import parse, verify
 from sympy.matrices.expressions import MatrixExpr
 
 MEMORY_LIMIT_BYTES = 4 * 1024**3
-PARSE_CACHE_SIZE = 16384
+PREPARED_CACHE_SIZE = 16384
+SAMPLE_POINTS = 2
 SAMPLE_DIGITS = 30
 # Values farther apart than this cannot be equal under any of Math-Verify's numeric rules (the
 # loosest one rounds decimals to 6 places).
@@ -56,7 +65,7 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _sample_value(name: str, point: int):
-    """A fixed, irrational-looking value in [1, 4) for a free symbol (stable across processes)."""
+    """A fixed, irrational value in [1, 4) for a free symbol (stable across processes)."""
     return 1 + sympy.sqrt(2 + zlib.crc32(f"{name}:{point}".encode()) % 97) % 3
 
 
@@ -67,24 +76,68 @@ def _plain_expression(expr) -> bool:
     return not (isinstance(expr, sympy.Mul) and all(isinstance(f, sympy.Symbol) or f == sympy.E for f in expr.args))
 
 
-def clearly_different(gold: list, pred: list) -> bool:
-    """Whether the parsed answers differ beyond any Math-Verify rule (see the module docstring)."""
-    texts = {item for item in gold if isinstance(item, str)}
-    if any(isinstance(item, str) and item in texts for item in pred):
+def _samples(expr) -> tuple[complex, ...] | None:
+    if not _plain_expression(expr):
+        return None
+    values = []
+    for point in range(SAMPLE_POINTS):
+        substitution = {symbol: _sample_value(symbol.name, point) for symbol in expr.free_symbols}
+        value = complex(sympy.N(expr.subs(substitution), SAMPLE_DIGITS))
+        if value != value or abs(value) == float("inf"):
+            return None
+        values.append(value)
+    return tuple(values)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    parsed: list
+    samples: tuple[complex, ...] | None
+
+
+@lru_cache(maxsize=PREPARED_CACHE_SIZE)
+def prepared(answer: str) -> Prepared:
+    parsed = parse(f"${answer}$", parsing_timeout=None)
+    try:
+        samples = _samples(parsed[0]) if parsed else None
+    except Exception:  # sampling is only a shortcut; verify decides without it
+        samples = None
+    return Prepared(parsed, samples)
+
+
+def clearly_different(gold: Prepared, pred: Prepared) -> bool:
+    """Whether two prepared answers differ beyond any Math-Verify rule (module docstring)."""
+    if gold.samples is None or pred.samples is None:
         return False
-    a, b = gold[0], pred[0]
-    if not (_plain_expression(a) and _plain_expression(b)):
+    # verify also compares the extracted strings; equal strings would make it succeed.
+    texts = {item for item in gold.parsed if isinstance(item, str)}
+    if any(isinstance(item, str) and item in texts for item in pred.parsed):
         return False
-    symbols = sorted(a.free_symbols | b.free_symbols, key=lambda symbol: symbol.name)
-    for point in range(2):
-        values = {symbol: _sample_value(symbol.name, point) for symbol in symbols}
-        x = complex(sympy.N(a.subs(values), SAMPLE_DIGITS))
-        y = complex(sympy.N(b.subs(values), SAMPLE_DIGITS))
-        if not all(map(lambda v: v == v and abs(v) != float("inf"), (x, y))):
-            return False
-        if abs(x - y) > max(ABSOLUTE_GAP, RELATIVE_GAP * max(abs(x), abs(y))):
-            return True
-    return False
+    return any(
+        abs(x - y) > max(ABSOLUTE_GAP, RELATIVE_GAP * max(abs(x), abs(y)))
+        for x, y in zip(gold.samples, pred.samples)
+    )
+
+
+def equal(a: str, b: str) -> bool:
+    gold, pred = prepared(a), prepared(b)
+    if not gold.parsed or not pred.parsed or clearly_different(gold, pred):
+        return False
+    return verify(gold.parsed, pred.parsed, timeout_seconds=None) and verify(
+        pred.parsed, gold.parsed, timeout_seconds=None
+    )
+
+
+def _answer(request: dict) -> dict:
+    if request.get("op") == "prepare":
+        try:
+            return {"ok": bool(prepared(str(request["answer"])).parsed)}
+        except Exception:
+            return {"ok": False}
+    try:
+        return {"equal": bool(equal(str(request["a"]), str(request["b"])))}
+    except Exception:
+        return {"equal": False}
 
 
 def main() -> None:
@@ -93,33 +146,16 @@ def main() -> None:
     _limit_memory()
     # Math-Verify warns once that its signal-based timeout is off; the parent enforces the timeout.
     logging.disable(logging.CRITICAL)
-
-    @lru_cache(maxsize=PARSE_CACHE_SIZE)
-    def parsed(answer: str):
-        return parse(f"${answer}$", parsing_timeout=None)
-
-    def equal(a: str, b: str) -> bool:
-        gold, pred = parsed(a), parsed(b)
-        if not gold or not pred:
-            return False
-        try:
-            if clearly_different(gold, pred):
-                return False
-        except Exception:  # sampling is only a shortcut; verify decides when it cannot
-            pass
-        return verify(gold, pred, timeout_seconds=None) and verify(pred, gold, timeout_seconds=None)
-
-    equal("\\frac{1}{2}", "x^{2}")  # first use of the LaTeX parser and sympy is slow: do it now
+    equal("\\frac{1}{2}", "x^{2}")
     out = sys.stdout
     out.write(json.dumps({"ready": True}) + "\n")
     out.flush()
     for line in sys.stdin:
         try:
-            request = json.loads(line)
-            result = bool(equal(str(request["a"]), str(request["b"])))
-        except Exception:  # MemoryError and RecursionError included: a failed comparison is "not equal"
-            result = False
-        out.write(json.dumps({"equal": result}) + "\n")
+            reply = _answer(json.loads(line))
+        except ValueError:
+            reply = {"ok": False, "equal": False}
+        out.write(json.dumps(reply) + "\n")
         out.flush()
 
 

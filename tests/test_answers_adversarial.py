@@ -1,0 +1,173 @@
+"""Bad input: extraction and clustering return in bounded time, never raise, and the Math-Verify
+time limit holds from worker threads."""
+
+import concurrent.futures
+import os
+import signal
+import time
+
+import pytest
+
+from verl_restrain import _answer_sympy, answers
+
+TIME_BOUND_S = _answer_sympy.PAIR_TIMEOUT_S + 0.5
+"""Per response: at most one sympy step cut at ``PAIR_TIMEOUT_S``, plus killing the worker."""
+
+# Sympy evaluates this sum term by term (for minutes), yet no explosive pattern flags it: only the
+# time limit stops it.
+SLOW_SUM = "\\sum_{k=1}^{99999} k^{k}"
+
+FILLER = "We expand $(x+1)^2 = x^2 + 2x + 1$ and compare coefficients with $\\frac{3}{4}$. "
+LONG = (FILLER * (200_000 // len(FILLER) + 1))[:200_000]
+
+ADVERSARIAL = {
+    # 200,000 characters
+    "long_box_at_end": LONG + "\\boxed{5}",
+    "long_box_at_start": "\\boxed{5}" + LONG,
+    "long_without_box": LONG + " So the answer is 5.",
+    "long_dollars": "$" * 200_000,
+    "long_backslashes": "\\" * 200_000,
+    "long_answer_phrases": "The answer is " * 15_000,
+    "long_number": "\\boxed{" + "9" * 200_000 + "}",
+    "long_box_content": "\\boxed{" + "1+" * 100_000 + "1}",
+    # Unbalanced and deeply nested braces
+    "open_braces": "\\boxed{" + "{" * 200_000,
+    "close_braces": "}" * 200_000 + "\\boxed{5}",
+    "unclosed_box": "The answer is \\boxed{\\frac{1}{2}",
+    "nested_braces": "\\boxed{" + "{" * 450 + "1" + "}" * 450 + "}",
+    "nested_parens": "\\boxed{" + "(" * 400 + "1" + ")" * 400 + "}",
+    "nested_fracs": "\\boxed{" + "\\frac{1}{" * 60 + "2" + "}" * 60 + "}",
+    "nested_sqrts": "\\boxed{" + "\\sqrt{" * 120 + "2" + "}" * 120 + "}",
+    "nested_boxes": "\\boxed{" * 300 + "1" + "}" * 300,
+    # Expressions that make sympy explode
+    "power_tower": "\\boxed{9^{9^{9^{9}}}}",
+    "power_tower_parens": "\\boxed{9^(9^(9^9))}",
+    "power_tower_e": "\\boxed{e^{e^{e^{e^{10}}}}}",
+    "symbolic_tower": "\\boxed{x^{x^{x^{x}}}}",
+    "huge_exponent": "\\boxed{2^{999999999}}",
+    "huge_power_of_ten": "\\boxed{10^{1000000}}",
+    "factorial_of_power": "\\boxed{(10^{10})!}",
+    "huge_factorial": "\\boxed{99999999!}",
+    "factorial_chain": "\\boxed{100!!!!}",
+    "huge_binomial": "\\boxed{\\binom{10^{9}}{5\\cdot 10^{8}}}",
+    "huge_sum": "\\boxed{\\sum_{k=1}^{10^{9}} k!}",
+    "slow_sum": f"\\boxed{{{SLOW_SUM}}}",
+    "long_sum": "\\boxed{\\sum_{k=1}^{99999} \\frac{1}{k}}",
+    "huge_product": "\\boxed{" + "\\cdot".join(["(x+1)"] * 60) + "}",
+    "huge_integral": "\\boxed{\\int_0^{10^{10}} e^{x^{10}} dx}",
+    # Null bytes and odd unicode
+    "null_bytes": "\x00\\boxed{5\x00}\x00",
+    "only_nulls": "\x00" * 10_000,
+    "lone_surrogate": "\\boxed{\ud800}",
+    "fullwidth_digit": "\\boxed{\uff15}",
+    "rtl_and_zero_width": "\u202e\\boxed{\u200b5\u200d}",
+    "emoji": "\\boxed{\U0001f600}",
+    "combining_marks": "\\boxed{5\u0301\u0302\u0303}",
+    "unicode_math": "\\boxed{\u221a2 \u00d7 \u03c0}",
+    # LaTeX that does not parse
+    "empty_frac": "\\boxed{\\frac{}{}}",
+    "open_environment": "\\boxed{\\begin{matrix}}",
+    "carets": "\\boxed{^^^^_^_}",
+    "left_only": "\\boxed{\\left(}",
+    "broken_sqrt": "\\boxed{\\sqrt[}",
+    "double_backslashes": "\\boxed{\\\\\\\\\\\\}",
+    "unknown_commands": "\\boxed{\\foo\\bar{\\baz}}",
+    "dollar_soup": "\\boxed{$$$ $ $$}",
+    # Ten thousand boxes
+    "ten_thousand_adjacent_boxes": "".join(f"\\boxed{{{i}}}" for i in range(10_000)),
+    "ten_thousand_spaced_boxes": "".join(f"\\boxed{{{i}}} then we continue the argument. " for i in range(10_000)),
+    "ten_thousand_empty_boxes": "\\boxed{}" * 10_000,
+    "ten_thousand_unclosed_boxes": "\\boxed{" * 10_000,
+    "ten_thousand_bare_boxed": "\\boxed" * 10_000,
+}
+
+# Answers that make each adversarial one go through every comparison path (constant, polynomial,
+# set, Math-Verify).
+COMPANIONS = ["\\boxed{3}", "\\boxed{x^2+1}", "\\boxed{\\{1, 2\\}}", "\\boxed{e^{\\sin 1}}"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def started_worker():
+    """Worker start-up (about a second, once per process) is not part of a response's time."""
+    _answer_sympy.warm_up()
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_adversarial_response_is_bounded_and_never_raises(name):
+    response = ADVERSARIAL[name]
+    start = time.monotonic()
+    for kind in answers.KINDS:
+        extracted = answers.extract_answer(response, kind)
+        assert extracted is None or isinstance(extracted, str)
+    ids = answers.cluster_answers([response] + COMPANIONS + [response])
+    correct = answers.is_correct(response, "3")
+    elapsed = time.monotonic() - start
+    assert len(ids) == len(COMPANIONS) + 2 and all(isinstance(i, int) and i >= -1 for i in ids)
+    assert ids[0] == ids[-1]  # the same response always lands in the same cluster (or both -1)
+    assert isinstance(correct, bool)
+    assert elapsed < TIME_BOUND_S, f"{name} took {elapsed:.2f} s"
+
+
+def test_bomb_answers_are_kept_as_their_own_answer():
+    ids = answers.cluster_answers([ADVERSARIAL["power_tower"], "\\boxed{3}", ADVERSARIAL["power_tower"]])
+    assert ids == [0, 1, 0]
+
+
+def test_surviving_answers_are_still_read():
+    assert answers.extract_answer(ADVERSARIAL["long_box_at_end"]) == "5"
+    assert answers.extract_answer(ADVERSARIAL["long_without_box"]) == "5"
+    assert answers.extract_answer(ADVERSARIAL["close_braces"]) == "5"
+    assert answers.extract_answer(ADVERSARIAL["null_bytes"]) == "5"
+    assert answers.extract_answer(ADVERSARIAL["rtl_and_zero_width"]) == "5"
+    assert answers.extract_answer(ADVERSARIAL["ten_thousand_spaced_boxes"]) == "9999"
+    assert answers.extract_answer(ADVERSARIAL["ten_thousand_adjacent_boxes"]) is None
+
+
+def test_slow_comparison_times_out_from_a_thread_pool(monkeypatch):
+    """Math-Verify's own timeout (signal.alarm) only works in the main thread; ours holds anywhere."""
+    monkeypatch.setattr(_answer_sympy, "PAIR_TIMEOUT_S", 0.5)
+    # Distinct slow answers, so no verdict or slow-answer memory short-cuts the second call.
+    slow = [f"\\sum_{{k=1}}^{{{99990 + i}}} k^{{k}}" for i in range(4)]
+
+    def timed(answer):
+        start = time.monotonic()
+        return answers.same_answer(answer, "1"), time.monotonic() - start
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as executor:
+        results = list(executor.map(timed, slow))
+    # Two workers serve four threads: a call may wait for one other timeout and one worker start.
+    for equal, elapsed in results:
+        assert equal is False
+        assert elapsed < 2 * 0.5 + _answer_sympy.STARTUP_TIMEOUT_S
+    assert max(elapsed for _, elapsed in results) < 10
+    # The pool recovers: a normal comparison that needs Math-Verify still works afterwards.
+    assert answers.same_answer("e^{2}", "\\exp(2)") is True
+
+
+def test_slow_answer_is_remembered():
+    slow = SLOW_SUM.replace("99999", "88888")
+    start = time.monotonic()
+    assert answers.same_answer(slow, "2") is False
+    assert time.monotonic() - start >= _answer_sympy.PAIR_TIMEOUT_S  # it really was cut off
+    start = time.monotonic()
+    assert answers.same_answer(slow, "4") is False
+    assert time.monotonic() - start < 0.1
+
+
+def test_clustering_from_threads_matches_single_thread():
+    groups = [
+        ["\\boxed{1/2}", "\\boxed{0.5}", "\\boxed{e^{3}}", "\\boxed{\\exp(3)}", "\\boxed{x \\ge 2}", "\\boxed{2 \\le x}"],
+        ["\\boxed{(1,2)}", "\\boxed{\\left(1, 2\\right)}", "\\boxed{\\{1,2\\}}", "\\boxed{2, 1}", "nothing"],
+    ] * 8
+    expected = [answers.cluster_answers(group) for group in groups]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
+        assert list(executor.map(answers.cluster_answers, groups)) == expected
+
+
+def test_dead_worker_is_replaced():
+    pool = _answer_sympy.pool()
+    pool.warm_up()
+    for worker in list(pool._idle):
+        os.kill(worker.process.pid, signal.SIGKILL)
+        worker.process.wait(timeout=5)
+    assert answers.same_answer("e^{5}", "\\exp(5)") is True
