@@ -53,6 +53,9 @@ setup(
         "console_scripts": [
             "restrain-sandbox = verl_restrain.sandbox.cli:main",
             "restrain-score-prompts = verl_restrain.scoring_cli:main",
+            "restrain-prepare-data = verl_restrain.data.prepare:main",
+            "restrain-evaluate = verl_restrain.evaluation:main",
+            "restrain-make-tables = verl_restrain.tables:main",
         ],
     },
     classifiers=[
