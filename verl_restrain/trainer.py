@@ -162,13 +162,18 @@ def _prompt_weights(values: Sequence[Any], key: str) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def _last_token_values(values: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """(N, T) with ``values`` (N,) on each row's last response token, as verl places rm_scores."""
-    out = torch.zeros(response_mask.shape, dtype=torch.float32)
-    has_tokens = response_mask.bool().any(dim=1)
-    last = response_mask.shape[1] - 1 - response_mask.flip(dims=[1]).float().argmax(dim=1)
-    rows = torch.nonzero(has_tokens).squeeze(1)
-    out[rows, last[rows]] = values[rows].float()
+def _last_token_index(response_mask: torch.Tensor) -> torch.Tensor:
+    """(N,) index of each row's last response token, -1 for a row without one."""
+    width = response_mask.shape[1]
+    last = width - 1 - response_mask.bool().flip(dims=[1]).to(torch.uint8).argmax(dim=1)
+    return torch.where(response_mask.bool().any(dim=1), last, -1)
+
+
+def _last_token_values(values: torch.Tensor, last_token: torch.Tensor, width: int) -> torch.Tensor:
+    """(N, width) float32 with ``values`` (N,) on each row's last response token, as verl places rm_scores."""
+    out = torch.zeros(len(values), width, dtype=torch.float32)
+    rows = torch.nonzero(last_token >= 0).squeeze(1)
+    out[rows, last_token[rows]] = values[rows].float()
     return out
 
 
@@ -220,10 +225,13 @@ def restrain_advantage_step(
     weights = pseudo_label_weights(votes, restrain.weighting, restrain.sigma, restrain.center)
     reward = pseudo_label_reward(votes, weights)  # (S,)
 
-    final_mask = response_mask[final]  # (S, T)
+    single_output = len(final) == len(keys)  # every session one output: final is the identity
+    final_mask = response_mask if single_output else response_mask[final]  # (S, T)
+    last_token = _last_token_index(response_mask)  # (N,)
+    width = response_mask.shape[1]
     estimator = core_algos.get_adv_estimator_fn(ESTIMATOR_NAME)
     advantages, _ = estimator(
-        token_level_rewards=_last_token_values(reward, final_mask),
+        token_level_rewards=_last_token_values(reward, last_token[final], width),
         response_mask=final_mask,
         config=algorithm_config,
         index=np.array(uids, dtype=object),
@@ -236,7 +244,7 @@ def restrain_advantage_step(
     session_index = torch.from_numpy(session)
     data.batch["advantages"] = per_session[session_index].unsqueeze(-1) * response_mask
     data.batch["returns"] = data.batch["advantages"]
-    data.batch["token_level_rewards"] = _last_token_values(reward[session_index], response_mask)
+    data.batch["token_level_rewards"] = _last_token_values(reward[session_index], last_token, width)
 
     keep = np.ones(len(final), dtype=bool)
     if is_padding is not None:
