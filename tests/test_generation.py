@@ -66,7 +66,7 @@ def test_rendering_accepts_numpy_chats_and_rejects_non_chats(model_dir):
     tokenizer = load_tokenizer(str(model_dir))
     as_numpy = [np.array(chat, dtype=object) for chat in CHATS]
     assert render_prompts(as_numpy, tokenizer) == render_prompts(CHATS, tokenizer)
-    with pytest.raises(ValueError, match="prompt 1 is not a chat"):
+    with pytest.raises(ValueError, match="prompt 1: not a chat"):
         render_prompts([CHATS[0], "just a string"], tokenizer)
     with pytest.raises(ValueError, match="without 'role'/'content'"):
         render_prompts([[{"text": "hi"}]], tokenizer)

@@ -37,6 +37,7 @@ __all__ = [
     "HFSampler",
     "Sampler",
     "VLLMSampler",
+    "as_chat",
     "default_tensor_parallel_size",
     "load_sampler",
     "load_tokenizer",
@@ -74,18 +75,19 @@ class Sampler(Protocol):
         ...
 
 
-def _as_messages(chat: Any, position: int) -> list[dict]:
-    """A chat as a list of message dicts; numpy arrays (pandas parquet reads) become lists."""
-    if isinstance(chat, np.ndarray):
-        chat = chat.tolist()
-    if not isinstance(chat, (list, tuple)) or not chat or not all(isinstance(m, dict) for m in chat):
-        raise ValueError(
-            f"prompt {position} is not a chat (a non-empty list of {{'role', 'content'}} messages): {chat!r:.200}"
-        )
-    for message in chat:
+def as_chat(prompt: Any) -> list[dict]:
+    """A dataset prompt as a list of message dicts (numpy arrays from pandas become lists).
+
+    Raises ValueError when it is not a non-empty list of ``{"role", "content"}`` dicts.
+    """
+    if isinstance(prompt, np.ndarray):
+        prompt = prompt.tolist()
+    if not isinstance(prompt, (list, tuple)) or not prompt or not all(isinstance(m, dict) for m in prompt):
+        raise ValueError(f"not a chat (a non-empty list of {{'role', 'content'}} messages): {prompt!r:.200}")
+    for message in prompt:
         if "role" not in message or "content" not in message:
-            raise ValueError(f"prompt {position} has a message without 'role'/'content': {message!r:.200}")
-    return [dict(message) for message in chat]
+            raise ValueError(f"a message without 'role'/'content': {message!r:.200}")
+    return [dict(message) for message in prompt]
 
 
 def render_prompts(
@@ -115,7 +117,10 @@ def render_prompts(
     kwargs = {k: v for k, v in (apply_chat_template_kwargs or {}).items() if k not in _RESERVED_TEMPLATE_KWARGS}
     rendered = []
     for position, chat in enumerate(messages_list):
-        messages = _as_messages(chat, position)
+        try:
+            messages = as_chat(chat)
+        except ValueError as error:
+            raise ValueError(f"prompt {position}: {error}") from None
         rendered.append(apply_chat_template(tokenizer, messages, tokenize=False, add_generation_prompt=True, **kwargs))
     return rendered
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import logging
-import multiprocessing
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -44,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from verl_restrain import __version__, defaults
-from verl_restrain.generation import ENGINES, load_sampler, load_tokenizer, render_prompts, resolve_engine
+from verl_restrain.generation import ENGINES, as_chat, load_sampler, load_tokenizer, render_prompts, resolve_engine
 from verl_restrain.scoring_io import (
     CHECKPOINT_SCHEMA,
     ScoringInputError,
@@ -113,7 +112,6 @@ class ScoringConfig:
     answer_kind_map: dict = field(default_factory=dict)
     engine_kwargs: dict = field(default_factory=dict)
     trust_remote_code: bool = False
-    voting_workers: int = 1
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -137,8 +135,6 @@ class ScoringConfig:
         for source, kind in self.answer_kind_map.items():
             if kind not in ANSWER_KINDS:
                 raise ScoringInputError(f"--answer-kind-map {source}={kind}: the kind must be math or choice")
-        if self.voting_workers < 0:
-            raise ScoringInputError(f"--voting-workers must be >= 0, got {self.voting_workers}")
         self._check_paths()
 
     def _check_paths(self) -> None:
@@ -206,38 +202,21 @@ def _read_input(config: ScoringConfig) -> pa.Table:
     return table
 
 
-class _Voter:
-    """Runs :func:`vote_batch` in a worker process, so voting on one batch overlaps sampling the next."""
-
-    def __init__(self, workers: int):
-        self.pool = None
-        if workers > 0:
-            # spawn: a forked copy of a process that holds a model and torch threads is neither safe nor cheap.
-            context = multiprocessing.get_context("spawn")
-            self.pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context)
-
-    def submit(self, responses: list[list[str]], kinds: list[str]) -> concurrent.futures.Future:
-        if self.pool is not None:
-            return self.pool.submit(vote_batch, responses, kinds)
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        future.set_result(vote_batch(responses, kinds))
-        return future
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _sample_batches(
     config: ScoringConfig, plan: ShardPlan, todo: list[int], table: pa.Table, kinds: list[str], engine: str, work: WorkDir
 ) -> None:
     """Sample, vote and checkpoint the batches in ``todo`` (``kinds`` is indexed by input row)."""
     from tqdm.auto import tqdm
 
-    tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
     rows = [row for b in todo for row in plan.batch_rows(b)]
-    chats = table.column(config.prompt_key).take(rows).to_pylist()
-    # Rendering every pending prompt before the model loads surfaces malformed chats in seconds.
+    chats = []
+    for row, prompt in zip(rows, table.column(config.prompt_key).take(rows).to_pylist()):
+        try:
+            chats.append(as_chat(prompt))
+        except ValueError as error:
+            raise ScoringInputError(f"row {row} of {config.input}, column {config.prompt_key!r}: {error}") from None
+    tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
+    # Rendering every pending prompt before the model loads surfaces template problems in seconds.
     rendered = dict(zip(rows, render_prompts(chats, tokenizer, config.apply_chat_template_kwargs)))
     sampler = load_sampler(
         config.model, engine, tokenizer=tokenizer, trust_remote_code=config.trust_remote_code, **config.engine_kwargs
@@ -251,7 +230,10 @@ def _sample_batches(
         disable=not config.progress,
         dynamic_ncols=True,
     )
-    voter = _Voter(config.voting_workers)
+    # Voting runs in a background thread while the next batch samples. It is cheap (regexes, with
+    # sympy work in the answers module's own child processes) but its first call waits for those
+    # children to start.
+    voter = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="restrain-vote")
 
     def checkpoint(batch_index: int, responses: list[list[str]], votes: concurrent.futures.Future) -> None:
         answers, clusters = votes.result()
@@ -272,7 +254,7 @@ def _sample_batches(
                 max_new_tokens=config.max_new_tokens,
                 seed=batch_seed(config.seed, batch_index),
             )
-            votes = voter.submit(responses, [kinds[row] for row in batch_rows])
+            votes = voter.submit(vote_batch, responses, [kinds[row] for row in batch_rows])
             # The previous batch was voted on while this one sampled; checkpoint it now.
             if pending is not None:
                 checkpoint(*pending)
@@ -280,7 +262,7 @@ def _sample_batches(
         if pending is not None:
             checkpoint(*pending)
     finally:
-        voter.close()
+        voter.shutdown(wait=True, cancel_futures=True)
         bar.close()
 
 

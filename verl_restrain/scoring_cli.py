@@ -101,9 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     voting.add_argument("--sigma", type=float, default=defaults.SIGMA, help="width of g (default: the training default)")
     voting.add_argument("--center", type=float, default=defaults.CENTER, help="center of g (default: the training default)")
-    voting.add_argument(
-        "--voting-workers", type=int, default=1, help="processes that vote while sampling goes on (0: vote inline)"
-    )
     runs = parser.add_argument_group("resuming, shards and Ray")
     runs.add_argument("--no-resume", dest="resume", action="store_false", help="discard checkpoints, start over")
     runs.add_argument("--keep-parts", action="store_true", help="keep the checkpoint directory after success")
@@ -152,7 +149,6 @@ def config_from_args(args: argparse.Namespace) -> ScoringConfig:
         answer_kind_map=dict(args.answer_kind_map),
         engine_kwargs=args.engine_kwargs,
         trust_remote_code=args.trust_remote_code,
-        voting_workers=args.voting_workers,
         progress=not args.quiet,
     )
 

@@ -176,6 +176,8 @@ class WorkDir:
         if self.path.exists() and not resume:
             shutil.rmtree(self.path)
         if settings_path.exists():
+            for stale in self.path.glob(".*.tmp"):  # half-written by a killed run
+                stale.unlink(missing_ok=True)
             recorded = json.loads(settings_path.read_text(encoding="utf-8"))
             if recorded != settings:
                 changed = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))

@@ -33,8 +33,9 @@ ANSWER_KINDS = ("math", "choice")
 CHOICE_DATA_SOURCES = frozenset({"gpqa_diamond", "mmlu_stem"})
 
 # restrain_ref_answer_counts: every distinct answer of a prompt with its count, in order of first
-# appearance among the samples.
-ANSWER_COUNTS_TYPE = pa.list_(pa.struct([("answer", pa.string()), ("count", pa.int64())]))
+# appearance among the samples. The list item is named "element" as parquet names it on reading, so
+# that a column built here and one read back from a shard file have the same Arrow schema.
+ANSWER_COUNTS_TYPE = pa.list_(pa.field("element", pa.struct([("answer", pa.string()), ("count", pa.int64())])))
 
 SAMPLES_SCHEMA = pa.schema(
     [

@@ -1,0 +1,150 @@
+"""Files of the scoring job: shard plans, batch seeds, atomic writes, the checkpoint directory."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from verl_restrain import scoring_io
+from verl_restrain.scoring import shard_output_path
+from verl_restrain.scoring_io import (
+    CHECKPOINT_SCHEMA,
+    ScoringInputError,
+    WorkDir,
+    atomic_write_table,
+    batch_seed,
+    plan_shard,
+    read_job_metadata,
+    with_job_metadata,
+)
+
+
+@given(rows=st.integers(0, 500), batch_size=st.integers(1, 40), shards=st.integers(1, 12))
+def test_shards_tile_the_batches_in_order(rows, batch_size, shards):
+    plans = [plan_shard(rows, batch_size, shards, k) for k in range(shards)]
+    num_batches = -(-rows // batch_size)
+    assert [b for plan in plans for b in plan.batches] == list(range(num_batches))
+    assert [r for plan in plans for b in plan.batches for r in plan.batch_rows(b)] == list(range(rows))
+    assert plans[0].row_start == 0 and plans[-1].row_stop == rows
+    assert all(a.row_stop == b.row_start for a, b in zip(plans, plans[1:]))
+    sizes = [len(plan.batches) for plan in plans]
+    assert max(sizes) - min(sizes) <= 1
+    assert all(plan.row_stop - plan.row_start == sum(len(plan.batch_rows(b)) for b in plan.batches) for plan in plans)
+
+
+def test_plan_example():
+    # 10 rows, batches of 3: [0,3) [3,6) [6,9) [9,10); 3 shards get 2, 1 and 1 batches.
+    plans = [plan_shard(10, 3, 3, k) for k in range(3)]
+    assert [(p.row_start, p.row_stop) for p in plans] == [(0, 6), (6, 9), (9, 10)]
+    assert list(plans[2].batch_rows(3)) == [9]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [((10, 0, 1, 0), "batch size must be >= 1"), ((10, 2, 0, 0), "--num-shards"), ((10, 2, 2, -1), "--shard-index")],
+)
+def test_plan_rejects_bad_settings(args, message):
+    with pytest.raises(ScoringInputError, match=message):
+        plan_shard(*args)
+
+
+def test_batch_seed_depends_on_seed_and_batch_only():
+    assert batch_seed(42, 7) == batch_seed(42, 7)
+    assert len({batch_seed(42, b) for b in range(1000)}) == 1000
+    assert batch_seed(42, 7) != batch_seed(43, 7)
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "out.parquet"
+    first = pa.table({"x": [1, 2, 3]})
+    atomic_write_table(first, path)
+    assert pq.read_table(path).equals(first)
+
+    def fail_midway(table, where, **kwargs):
+        with open(where, "wb") as handle:
+            handle.write(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(scoring_io.pq, "write_table", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_table(pa.table({"x": [9]}), path)
+    assert pq.read_table(path).equals(first), "a failed write leaves the previous file untouched"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"], "no temporary file is left behind"
+
+
+def test_layout_does_not_depend_on_chunking(tmp_path):
+    whole = pa.table({"x": list(range(10)), "y": [str(i) for i in range(10)]})
+    chunked = pa.concat_tables([whole.slice(0, 4), whole.slice(4, 5), whole.slice(9)])
+    atomic_write_table(whole, tmp_path / "a.parquet")
+    atomic_write_table(chunked, tmp_path / "b.parquet")
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+def test_job_metadata_round_trip_keeps_other_metadata(tmp_path):
+    table = pa.table({"x": [1]}).replace_schema_metadata({b"pandas": b"{}"})
+    atomic_write_table(with_job_metadata(table, {"n": 16, "model": "m"}), tmp_path / "t.parquet")
+    assert read_job_metadata(tmp_path / "t.parquet") == {"n": 16, "model": "m"}
+    assert pq.read_schema(tmp_path / "t.parquet").metadata[b"pandas"] == b"{}"
+    atomic_write_table(table, tmp_path / "plain.parquet")
+    with pytest.raises(ScoringInputError, match="not written by restrain-score-prompts"):
+        read_job_metadata(tmp_path / "plain.parquet")
+
+
+def checkpoint(rows):
+    return pa.table(
+        {
+            "row": rows,
+            "responses": [["r"] * 2 for _ in rows],
+            "answers": [["1", None] for _ in rows],
+            "clusters": [[0, -1] for _ in rows],
+        },
+        schema=CHECKPOINT_SCHEMA,
+    )
+
+
+def test_work_dir_resume_and_refusal(tmp_path):
+    work = WorkDir(tmp_path / "out.parquet.parts")
+    plan = plan_shard(5, 2)
+    settings = {"model": "m", "n": 2, "kwargs": {"a": (1, 2)}}
+    work.open(settings, resume=True)
+    work.write_batch(0, checkpoint([0, 1]))
+    (work.path / ".batch-0000001.parquet.x.tmp").write_bytes(b"half")  # left by a killed run
+    assert work.finished_batches(plan) == {0}
+
+    WorkDir(work.path).open(settings, resume=True)
+    assert work.finished_batches(plan) == {0}
+    assert not list(work.path.glob(".*.tmp"))
+    with pytest.raises(ScoringInputError, match=r"other settings \(n: checkpoint 2, now 4\)"):
+        WorkDir(work.path).open({**settings, "n": 4}, resume=True)
+    WorkDir(work.path).open({**settings, "n": 4}, resume=False)
+    assert work.finished_batches(plan) == set()
+    assert json.loads((work.path / "settings.json").read_text())["n"] == 4
+
+
+def test_work_dir_never_deletes_a_foreign_directory(tmp_path):
+    foreign = tmp_path / "precious"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("...")
+    with pytest.raises(ScoringInputError, match="not a scoring work directory"):
+        WorkDir(foreign).open({"n": 1}, resume=False)
+    assert (foreign / "thesis.tex").exists()
+
+
+def test_read_batches_checks_the_rows(tmp_path):
+    work = WorkDir(tmp_path / "parts")
+    work.open({"n": 2}, resume=True)
+    plan = plan_shard(4, 2)
+    work.write_batch(0, checkpoint([0, 1]))
+    work.write_batch(1, checkpoint([2, 4]))
+    with pytest.raises(ValueError, match="does not hold the rows of batch 1"):
+        list(work.read_batches(plan))
+
+
+def test_shard_output_path():
+    assert shard_output_path("data/x.parquet", 2, 8) == "data/x.shard-00002-of-00008.parquet"
+    assert shard_output_path("x", 0, 1) == "x.shard-00000-of-00001.parquet"
