@@ -90,12 +90,13 @@ def test_trainer_runs_verls_sync_loop_and_validates_first(train_file, monkeypatc
         RestrainTrainer(compose_config(f"data.train_files={train_file}", "algorithm.restrain.kappa=12"))
 
 
-def test_advantage_step_through_transfer_queue(transfer_queue, records, train_file):
+@pytest.mark.parametrize("method", ["restrain", "srt_offline"])
+def test_advantage_step_through_transfer_queue(transfer_queue, records, train_file, method):
     tq = transfer_queue
     keys, rows = rollout_rows(records, seed=3)
     rows = _with_log_probs(rows)
     batch = _put(tq, keys, rows)
-    config = compose_config(f"data.train_files={train_file}")
+    config = compose_config(f"data.train_files={train_file}", f"restrain_method={method}")
     trainer = RestrainTrainer(config)
     metrics = {}
     trainer._compute_advantage(batch, metrics)
