@@ -110,7 +110,8 @@ def test_yaml_defaults_equal_the_dataclass_defaults():
 
 def test_restrain_trainer_adds_only_algorithm_restrain_to_verls_config():
     with initialize_config_module(config_module="verl.trainer.config", version_base=None):
-        verl_config = OmegaConf.to_container(compose("ppo_trainer", overrides=[*SWITCHES, "actor_rollout_ref.rollout.n=8"]))
+        overrides = [*SWITCHES, "actor_rollout_ref.rollout.n=8"]
+        verl_config = OmegaConf.to_container(compose("ppo_trainer", overrides=overrides))
     ours = OmegaConf.to_container(compose_config())
     assert set(ours["algorithm"].pop("restrain")) == {field.name for field in fields(RestrainConfig)}
     assert ours == verl_config

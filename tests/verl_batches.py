@@ -78,7 +78,7 @@ def default_groups() -> list[Group]:
             "uid-forms",
             "math500",
             "\\frac{1}{2}",
-            [boxed("\\frac{1}{2}"), boxed("0.5"), boxed("1/2"), boxed("3"), boxed("3"), boxed("3"), boxed("3"), boxed("4")],
+            [boxed("\\frac{1}{2}"), boxed("0.5"), boxed("1/2")] + [boxed("3")] * 4 + [boxed("4")],
             prompt_weight=0.5,
             offline_label="3",
         ),

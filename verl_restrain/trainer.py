@@ -216,8 +216,8 @@ def restrain_advantage_step(
         labels = [non_tensor[restrain.offline_label_key][row] for row in final]
     prompt_weight = None
     if restrain.use_prompt_weight:
-        prompt_weight = _prompt_weights([non_tensor[restrain.prompt_weight_key][row] for row in final],
-                                        restrain.prompt_weight_key)  # (S,)
+        column = non_tensor[restrain.prompt_weight_key]
+        prompt_weight = _prompt_weights([column[row] for row in final], restrain.prompt_weight_key)  # (S,)
 
     answer_ids = rollout_answer_ids(predictions, uids, kinds, labels, session_id.tolist())  # (S,)
     group_index = group_index_from_uids(uids)  # (S,)
