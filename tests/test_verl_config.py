@@ -117,6 +117,16 @@ def test_restrain_trainer_adds_only_algorithm_restrain_to_verls_config():
     assert ours == verl_config
 
 
+def test_verls_own_config_takes_restrain_settings_as_new_keys(scored_file):
+    # Without restrain_trainer.yaml (no presets), '+algorithm.restrain.<field>' adds settings; the
+    # other fields keep RestrainConfig's defaults.
+    overrides = [*SWITCHES, "actor_rollout_ref.rollout.n=8", f"data.train_files={scored_file}",
+                 "+algorithm.restrain.weighting=majority", "+algorithm.restrain.kappa=0"]
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        config = compose("ppo_trainer", overrides=overrides)
+    assert validate_training_config(config) == RestrainConfig(weighting="majority", kappa=0)
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_preset_composes_mirrors_methods_and_validates(name, scored_file):
     config = compose_config(f"restrain_method={name}", f"data.train_files={scored_file}")
@@ -156,6 +166,7 @@ def test_command_line_overrides_win_over_the_preset():
         ({"algorithm.use_kl_in_reward": True}, "Set algorithm.use_kl_in_reward=false"),
         ({"algorithm.filter_groups.enable": True}, "label-free guarantee"),
         ({"reward.reward_manager.name": "naive"}, "set reward.reward_manager.name=restrain"),
+        ({"reward.reward_model.enable": True}, "set reward.reward_model.enable=false"),
         ({"trainer.v1.trainer_mode": "sync"}, "set trainer.v1.trainer_mode=restrain"),
     ],
 )

@@ -243,6 +243,12 @@ def validate_training_config(config: Mapping[str, Any]) -> RestrainConfig:
             f"manager; set reward.reward_manager.name={REWARD_MANAGER_NAME} "
             f"(got {reward_manager.get('name')!r})."
         )
+    if config["reward"]["reward_model"].get("enable", False):
+        raise ValueError(
+            "reward.reward_model.enable=true scores rollouts with a reward model instead of the "
+            f"'{REWARD_MANAGER_NAME}' reward manager, so no answers reach the vote; set "
+            "reward.reward_model.enable=false with algorithm.adv_estimator=restrain."
+        )
     trainer_mode = config["trainer"]["v1"]["trainer_mode"]
     if trainer_mode not in TRAINER_LOOPS:
         raise ValueError(
