@@ -13,9 +13,13 @@ One step, for one method:
    about the advantages. The choice of optimizer matters here: Adam divides each parameter's step
    by the running size of its gradient, so a method that scales all advantages down (RESTRAIN's
    prompt weights, mean u_x ~ 0.3 on a hard prompt set) loses nothing by it; under SGD the same
-   scaling is a smaller learning rate. A constant advantage on every rollout of a prompt (negative
-   penalization) has zero expected gradient, since E_a[grad log pi(a | p)] = 0: in this model a
-   penalised prompt stops voting, and what the -delta adds is sampling noise.
+   scaling is a smaller learning rate.
+
+Negative penalization gives every rollout of a prompt the same advantage -u delta. Over all
+samples that has zero expected gradient (E_a[grad log pi(a | p)] = 0), but the penalty applies
+only when the sample came out scattered (M < kappa), and such a sample over-represents the tail of
+pi(. | p): pushing all its answers down moves mass from the tail to the most likely answers. So a
+penalised prompt stops voting and, through delta, is mildly sharpened towards its current mode.
 
 Methods are the presets of :data:`verl_restrain.methods.METHODS` (``srt_online`` is the same preset
 as ``ttrl`` and is left out) plus ``gold_grpo``: GRPO on the gold reward, written as the same
