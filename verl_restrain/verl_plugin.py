@@ -33,14 +33,19 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from verl_restrain.config import ESTIMATOR_NAME, REWARD_MANAGER_NAME, TRAINER_LOOPS
+logger = logging.getLogger(__name__)
+
+try:
+    from verl_restrain.config import ESTIMATOR_NAME, REWARD_MANAGER_NAME, TRAINER_LOOPS
+except Exception:
+    # verl would swallow this at debug level; nothing can be registered without the names.
+    logger.error("verl-restrain could not load verl_restrain.config; nothing is registered", exc_info=True)
+    raise
 
 __all__ = ["FAILURES", "complete_registration", "register_all"]
 
-logger = logging.getLogger(__name__)
-
 FAILURES: dict[str, str] = {}
-"""Registered name -> cause, for every piece that failed to load in this process."""
+"""Piece ("advantage estimator", "reward manager", "trainers") -> cause, for each that failed to load."""
 
 _PLACEHOLDER = "_restrain_unavailable"
 
