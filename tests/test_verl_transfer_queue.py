@@ -22,11 +22,14 @@ def transfer_queue():
     import transfer_queue as tq
     from omegaconf import OmegaConf
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
     yield tq
     tq.close()
-    ray.shutdown()
+    if started_ray:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
