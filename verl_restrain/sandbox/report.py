@@ -202,7 +202,9 @@ def plot_sweep(points: list[dict], grid: dict[str, list], config: SandboxConfig,
         for r in range(len(row_values)):
             for c in range(len(col_values)):
                 label = f"{restrain[p, r, c]:.3f}\n({differences[p, r, c]:+.3f})"
-                axis.text(c, r, label, ha="center", va="center", fontsize=8)
+                # Dark cells need light text.
+                color = "white" if abs(differences[p, r, c]) > 0.6 * limit else "black"
+                axis.text(c, r, label, ha="center", va="center", fontsize=8, color=color)
         axis.set_yticks(range(len(row_values)), [str(value) for value in row_values])
         axis.set_ylabel(rows_param)
         axis.set_xticks(range(len(col_values)), [str(value) for value in col_values] if cols_param else [""])
