@@ -193,7 +193,9 @@ def plot_sweep(points: list[dict], grid: dict[str, list], config: SandboxConfig,
     ttrl = np.mean(points[0]["ttrl"])
 
     figure, axes = plt.subplots(
-        1, len(panels), figsize=(1.6 + 1.5 * len(col_values) * len(panels), 1.6 + 0.9 * len(row_values)),
+        1,
+        len(panels),
+        figsize=(max(7.0, 1.6 + 1.5 * len(col_values) * len(panels)), 1.9 + 0.9 * len(row_values)),
         squeeze=False, constrained_layout=True,
     )
     for p, panel in enumerate(panels):
@@ -213,8 +215,8 @@ def plot_sweep(points: list[dict], grid: dict[str, list], config: SandboxConfig,
             axis.set_title(f"{panel_param} = {panel}")
     figure.colorbar(image, ax=axes[0, :].tolist(), label="RESTRAIN - TTRL, final held-out pass@1")
     figure.suptitle(
-        f"RESTRAIN sensitivity (simulation): final held-out pass@1 (difference to TTRL = {ttrl:.3f}); "
-        f"others at defaults, seeds {list(config.seeds)}",
+        f"RESTRAIN sensitivity (simulation): final held-out pass@1 (difference to TTRL = {ttrl:.3f})\n"
+        f"other hyperparameters at their defaults, seeds {list(config.seeds)}",
         fontsize=10,
     )
     figure.savefig(path, dpi=110)
