@@ -156,7 +156,7 @@ def test_reference_gives_prompt_weight_and_offline_label():
 def test_gold_grpo_is_grpo_on_the_gold_reward():
     setup = loop.make_setup(QUICK, 0)
     sampled = torch.randint(0, 16, (64, 16), generator=torch.Generator().manual_seed(5))
-    estimate, _ = loop.method_advantage(loop.GOLD_GRPO, sampled, setup, QUICK)
+    estimate = loop.method_advantage(loop.GOLD_GRPO, sampled, setup, QUICK)
     reward = (sampled == setup.train.correct[:, None]).double()  # (P, n)
     expected = (reward - reward.mean(dim=1, keepdim=True)) / (reward.std(dim=1, keepdim=True) + 1e-6)
     assert torch.allclose(estimate.double(), expected.reshape(-1), atol=1e-5)

@@ -241,9 +241,7 @@ def make_setup(config: SandboxConfig, seed: int) -> SeedSetup:
     return SeedSetup(seed, train, heldout, Reference(majority_count, majority_answer, weight))
 
 
-def method_advantage(
-    name: str, sampled: torch.Tensor, setup: SeedSetup, config: SandboxConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
+def method_advantage(name: str, sampled: torch.Tensor, setup: SeedSetup, config: SandboxConfig) -> torch.Tensor:
     """The advantage of every rollout under method ``name``.
 
     Args:
@@ -251,15 +249,14 @@ def method_advantage(
         sampled: (P, n) candidate indices of this step's rollouts.
 
     Returns:
-        (P * n,) float32 advantages, rows in the order of ``sampled.reshape(-1)``, and the (P * n,)
-        answer ids the estimator saw.
+        (P * n,) float32 advantages, rows in the order of ``sampled.reshape(-1)``.
     """
     num_prompts, n = sampled.shape
     group_index = _group_index(num_prompts, n)
     if name == GOLD_GRPO:
         matches = sampled == setup.train.correct[:, None]  # (P, n)
         answer_ids = advantage.fixed_label_answer_ids(matches.reshape(-1))
-        estimate = advantage.compute_restrain_advantage(
+        return advantage.compute_restrain_advantage(
             answer_ids,
             group_index,
             None,
@@ -269,7 +266,6 @@ def method_advantage(
             kappa=0,
             delta=config.delta,
         )
-        return estimate, answer_ids
 
     method = METHODS[name]
     if method.label_mode == "offline":
@@ -278,7 +274,7 @@ def method_advantage(
     else:
         answer_ids = first_appearance_ids(sampled).reshape(-1)
     weight = setup.reference.prompt_weight.repeat_interleave(n) if method.use_prompt_weight else None
-    estimate = advantage.compute_restrain_advantage(
+    return advantage.compute_restrain_advantage(
         answer_ids,
         group_index,
         weight,
@@ -288,7 +284,6 @@ def method_advantage(
         kappa=method.kappa(config.kappa),
         delta=config.delta,
     )
-    return estimate, answer_ids
 
 
 def _method_kappa(name: str, kappa: int) -> int:
@@ -329,7 +324,7 @@ def _train(name: str, setup: SeedSetup, config: SandboxConfig) -> dict[str, list
         if step == config.steps:
             break
 
-        estimate, _ = method_advantage(name, sampled, setup, config)
+        estimate = method_advantage(name, sampled, setup, config)
         sampled_log_probs = log_probs.gather(1, sampled).reshape(-1)  # (P * n,)
         loss = -(estimate.double() * sampled_log_probs).mean()
         (grad,) = torch.autograd.grad(loss, policy.theta)

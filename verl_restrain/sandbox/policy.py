@@ -3,7 +3,8 @@
 Every prompt p has K candidate answers, exactly one of them correct. Each candidate is reached by
 one *route*: route 0 is sound reasoning and reaches only the correct answer; routes 1..m are
 shortcuts (a sign slip, an off-by-one, a misread question, ...) and each wrong candidate is reached
-by one of them, drawn at random. The policy is a softmax over the candidates,
+by one of them, drawn at random (or, with ``errors="systematic"``, every prompt's most likely wrong
+answer by the same shortcut). The policy is a softmax over the candidates,
 
     pi(a | p) = softmax_a( theta[route(p, a)] + b(p, a) ),    theta: (1 + m,) shared, b: (P, K) fixed,
 
