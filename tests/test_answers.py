@@ -321,6 +321,8 @@ def test_extract_choice(response, expected):
         ("B", "The answer is (C).", False),
         ("B", "no letter here", False),
         ("not a letter", "\\boxed{B}", False),
+        ("\\boxed{B}", "Answer: B", True),
+        ("The answer is (B).", "\\boxed{B}", True),
     ],
 )
 def test_choice_is_correct(gold, response, expected):

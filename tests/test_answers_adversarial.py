@@ -154,14 +154,15 @@ def test_slow_answer_is_remembered():
     assert time.monotonic() - start < 0.1
 
 
-def test_clustering_from_threads_matches_single_thread():
+def test_clustering_from_threads():
+    # Fresh exponents in every group, so each thread needs its own Math-Verify comparisons.
     groups = [
-        ["\\boxed{1/2}", "\\boxed{0.5}", "\\boxed{e^{3}}", "\\boxed{\\exp(3)}", "\\boxed{x \\ge 2}", "\\boxed{2 \\le x}"],
-        ["\\boxed{(1,2)}", "\\boxed{\\left(1, 2\\right)}", "\\boxed{\\{1,2\\}}", "\\boxed{2, 1}", "nothing"],
-    ] * 8
-    expected = [answers.cluster_answers(group) for group in groups]
+        [f"\\boxed{{e^{{{k}}}}}", f"\\boxed{{\\exp({k})}}", f"\\boxed{{e^{{{k + 1}}}}}", "\\boxed{0.5}", "none"]
+        for k in range(200, 216)
+    ]
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as executor:
-        assert list(executor.map(answers.cluster_answers, groups)) == expected
+        results = list(executor.map(answers.cluster_answers, groups))
+    assert results == [[0, 0, 1, 2, -1]] * len(groups)
 
 
 def test_dead_worker_is_replaced():

@@ -45,7 +45,8 @@ MAX_STARTUP_FAILURES = 3
 MAX_SYMPY_CHARS = 300
 MAX_SYMPY_DEPTH = 20
 WORKERS_ENV = "VERL_RESTRAIN_MATH_WORKERS"
-DEFAULT_WORKERS = 2
+"""Environment variable overriding the number of worker processes per Python process."""
+DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 _WORKER_SCRIPT = Path(__file__).with_name("_answer_worker.py")
 

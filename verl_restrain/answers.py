@@ -110,14 +110,15 @@ def canonicalize(answer: str, kind: str = "math") -> str | None:
     """Canonical form of a bare answer string, such as a gold label ("1/2", "$\\frac12$", "B").
 
     ``math``: see ``_answer_canon.canonical_math``. ``choice``: the option letter A-J named by
-    "B", "(b)", "\\text{(B)}", "B. 42", "Option C", or None. None for an empty or unreadable answer.
+    "B", "(b)", "\\text{(B)}", "B. 42", "Option C", else found as in a response ("\\boxed{B}",
+    "The answer is (B)"). None for an empty or unreadable answer.
     """
     _check_kind(kind)
     if not isinstance(answer, str):
         return None
     try:
         if kind == "choice":
-            return option_letter(answer[:1000])
+            return option_letter(answer[:1000]) or choice_from_text(answer)
         return canonical_math(answer)
     except Exception:  # the rules are total on str; this only keeps a training step alive
         return None
