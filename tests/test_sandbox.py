@@ -313,3 +313,9 @@ def test_cli_rejects_bad_arguments(tmp_path):
         cli.main(["--sweep", "sigma,lr", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         cli.main(["--methods", "ttrl,nope", "--out", str(tmp_path)])
+
+
+def test_gold_grpo_is_described_as_a_labelled_baseline_not_a_ceiling():
+    # Label-free methods can finish above it, so "upper reference" would misread the table.
+    assert report.describe(loop.GOLD_GRPO) == "GRPO on the gold reward (uses labels)"
+    assert "upper" not in report.describe(loop.GOLD_GRPO)

@@ -35,9 +35,14 @@ _TITLES = {
 
 
 def describe(name: str) -> str:
-    """One line for a method, from its preset."""
+    """One line for a method, from its preset.
+
+    ``gold_grpo`` is a labelled baseline, not a ceiling: in the default run several label-free
+    methods (RESTRAIN, TTRL) end with a higher held-out pass@1, so it is not called an upper
+    reference.
+    """
     if name == GOLD_GRPO:
-        return "GRPO on the gold reward (upper reference; uses labels)"
+        return "GRPO on the gold reward (uses labels)"
     return METHODS[name].description
 
 
