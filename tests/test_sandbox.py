@@ -282,6 +282,25 @@ def test_summary_and_table(quick_results):
     assert f"{history['pass1_heldout'][-1]:.3f}" in table
 
 
+def test_table_shows_the_penalised_share_over_steps_not_only_at_the_end(quick_results):
+    summary = {row["method"]: row for row in report.summarize(quick_results)}
+    shares = quick_results["restrain"][0]["penalized_share"]
+    assert summary["restrain"]["penalized_share_mean"] == [pytest.approx(sum(shares) / len(shares)), None]
+    # Penalization fires early on: the average is positive even where the final value is 0.
+    assert summary["restrain"]["penalized_share_mean"][0] > 0
+    assert summary[loop.GOLD_GRPO]["penalized_share_mean"][0] == 0
+    table = report.markdown_table(list(summary.values()), QUICK)
+    header = next(line for line in table.splitlines() if line.startswith("| method"))
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    assert "penalised: mean over steps" in columns and "penalised: final" in columns
+    restrain_row = next(line for line in table.splitlines() if line.startswith("| restrain |"))
+    cells = [cell.strip() for cell in restrain_row.strip("|").split("|")]
+    assert len(cells) == len(columns)
+    assert cells[columns.index("penalised: mean over steps")] == f"{summary['restrain']['penalized_share_mean'][0]:.3f}"
+    # The settings line says what the columns measure.
+    assert "averaged over steps" in table and "below kappa" in table
+
+
 def test_quick_cli_writes_table_json_and_plot(tmp_path, capsys):
     start = time.perf_counter()
     assert cli.main(["--quick", "--out", str(tmp_path), "--no-progress"]) == 0
