@@ -338,3 +338,10 @@ def test_gold_grpo_is_described_as_a_labelled_baseline_not_a_ceiling():
     # Label-free methods can finish above it, so "upper reference" would misread the table.
     assert report.describe(loop.GOLD_GRPO) == "GRPO on the gold reward (uses labels)"
     assert "upper" not in report.describe(loop.GOLD_GRPO)
+
+
+def test_sweep_title_names_what_the_cells_and_brackets_hold():
+    title = report._sweep_title(0.98372, QUICK)
+    assert "each cell is RESTRAIN's final held-out pass@1" in title
+    assert "in brackets, its difference to TTRL's" in title
+    assert "TTRL's final held-out pass@1 = 0.984" in title
