@@ -345,3 +345,32 @@ def test_sweep_title_names_what_the_cells_and_brackets_hold():
     assert "each cell is RESTRAIN's final held-out pass@1" in title
     assert "in brackets, its difference to TTRL's" in title
     assert "TTRL's final held-out pass@1 = 0.984" in title
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        # --quick alone: its defaults.
+        (["--quick"], {"steps": 40, "seeds": (0,), "num_prompts": 96, "num_heldout": 96}),
+        # Options given on the command line win over --quick's defaults, in either order.
+        (
+            ["--quick", "--seeds", "3", "--steps", "5"],
+            {"steps": 5, "seeds": (3,), "num_prompts": 96, "num_heldout": 96},
+        ),
+        (
+            ["--prompts", "32", "--heldout", "16", "--quick"],
+            {"steps": 40, "seeds": (0,), "num_prompts": 32, "num_heldout": 16},
+        ),
+        # Without --quick: the config's own defaults.
+        (["--steps", "5"], {"steps": 5, "seeds": (0, 1, 2, 3, 4), "num_prompts": 256, "num_heldout": 256}),
+    ],
+)
+def test_quick_changes_defaults_only(argv, expected):
+    config = cli.build_config(cli._parse_args(cli._parser(), argv))
+    actual = {
+        "steps": config.steps,
+        "seeds": config.seeds,
+        "num_prompts": config.prompts.num_prompts,
+        "num_heldout": config.num_heldout,
+    }
+    assert actual == expected

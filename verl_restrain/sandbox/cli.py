@@ -25,7 +25,8 @@ SIMULATION_NOTE = (
     "Simulation: a linear softmax policy over synthetic prompts, trained with the package's own "
     "advantage estimator. It illustrates mechanisms; it does not reproduce LLM numbers."
 )
-_QUICK = {"steps": 40, "seeds": (0,), "num_prompts": 96, "num_heldout": 96}
+# The defaults --quick puts in place; an option given on the command line still wins.
+_QUICK = {"steps": 40, "seeds": (0,), "prompts": 96, "heldout": 96}
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -55,7 +56,13 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--out", type=Path, default=Path("restrain_sandbox_out"), help="output directory")
-    parser.add_argument("--quick", action="store_true", help="a few-second run (fewer steps, prompts, one seed)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few-second run: changes the defaults of --steps, --seeds, --prompts and --heldout to "
+        f"{_QUICK['steps']}, {','.join(map(str, _QUICK['seeds']))}, {_QUICK['prompts']} and {_QUICK['heldout']}; "
+        "those options, when given, still win",
+    )
     parser.add_argument("--sweep", type=parse_sweep, help=f"comma list from {','.join(SWEEP_GRID)}: grid {SWEEP_GRID}")
     parser.add_argument("--methods", type=_names, default=config.methods, help="comma list")
     parser.add_argument("--seeds", type=_ints, default=config.seeds, help="comma list")
@@ -85,18 +92,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; with ``--quick``, parse again over the quick defaults so explicit options win."""
+    args = parser.parse_args(argv)
+    if args.quick:
+        parser.set_defaults(**_QUICK)
+        args = parser.parse_args(argv)
+    return args
+
+
 def build_config(args: argparse.Namespace) -> SandboxConfig:
-    """The run's config from parsed arguments; ``--quick`` overrides steps, seeds and prompt counts."""
-    quick = _QUICK if args.quick else {}
+    """The run's config from parsed arguments (``--quick`` is already applied to their defaults)."""
     prompts = PromptSetConfig(
-        num_prompts=quick.get("num_prompts", args.prompts),
+        num_prompts=args.prompts,
         num_candidates=args.candidates,
         num_shortcuts=args.shortcuts,
         accuracy_range=args.accuracy_range,
         errors=args.errors,
     )
     return SandboxConfig(
-        steps=quick.get("steps", args.steps),
+        steps=args.steps,
         n=args.n,
         optimizer=args.optimizer,
         lr=args.lr,
@@ -105,8 +120,8 @@ def build_config(args: argparse.Namespace) -> SandboxConfig:
         kappa=args.kappa,
         delta=args.delta,
         prompts=prompts,
-        num_heldout=quick.get("num_heldout", args.heldout),
-        seeds=quick.get("seeds", args.seeds),
+        num_heldout=args.heldout,
+        seeds=args.seeds,
         methods=args.methods,
     )
 
@@ -158,7 +173,7 @@ def _run_sweep(config: SandboxConfig, params: tuple[str, ...], out: Path, progre
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parse_args(parser, argv)
     try:
         config = build_config(args)
     except ValueError as error:
