@@ -327,6 +327,17 @@ def test_quick_sweep_writes_heatmap(tmp_path):
     assert (tmp_path / "sandbox_sweep.md").read_text().count("\n| ") == len(payload["points"])
 
 
+@pytest.mark.parametrize("value", ["foo", "sigma,lr", "sigma,sigma", ","])
+def test_bad_sweep_names_are_reported_with_the_valid_ones(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--sweep", value, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "argument --sweep: expected distinct comma-separated names from sigma, kappa, delta" in error
+    assert repr(value) in error
+    assert "invalid" not in error
+
+
 def test_cli_rejects_bad_arguments(tmp_path):
     with pytest.raises(SystemExit):
         cli.main(["--sweep", "sigma,lr", "--out", str(tmp_path)])

@@ -44,6 +44,15 @@ def _range(text: str) -> tuple[float, float]:
     return low, high
 
 
+def _sweep_params(text: str) -> tuple[str, ...]:
+    # argparse reports a ValueError from a type function as "invalid ... value" and drops its
+    # message; an ArgumentTypeError's message is shown as it is.
+    try:
+        return parse_sweep(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -63,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
         f"{_QUICK['steps']}, {','.join(map(str, _QUICK['seeds']))}, {_QUICK['prompts']} and {_QUICK['heldout']}; "
         "those options, when given, still win",
     )
-    parser.add_argument("--sweep", type=parse_sweep, help=f"comma list from {','.join(SWEEP_GRID)}: grid {SWEEP_GRID}")
+    parser.add_argument(
+        "--sweep", type=_sweep_params, help=f"comma list from {','.join(SWEEP_GRID)}: grid {SWEEP_GRID}"
+    )
     parser.add_argument("--methods", type=_names, default=config.methods, help="comma list")
     parser.add_argument("--seeds", type=_ints, default=config.seeds, help="comma list")
     parser.add_argument("--steps", type=int, default=config.steps)

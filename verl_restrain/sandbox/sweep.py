@@ -32,7 +32,7 @@ def parse_sweep(text: str) -> tuple[str, ...]:
     params = tuple(part.strip() for part in text.split(",") if part.strip())
     unknown = [param for param in params if param not in SWEEP_GRID]
     if not params or unknown or len(set(params)) != len(params):
-        raise ValueError(f"--sweep takes distinct names from {', '.join(SWEEP_GRID)}, got {text!r}")
+        raise ValueError(f"expected distinct comma-separated names from {', '.join(SWEEP_GRID)}, got {text!r}")
     return params
 
 
