@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from verl_restrain import defaults
 
@@ -42,8 +43,9 @@ def reweight_prompts(input: str | Path, output: str | Path, *, sigma: float, cen
     missing = [c for c in needed if c not in table.column_names]
     if missing:
         raise ValueError(f"{input} lacks {missing}; it must be an output of restrain-score-prompts")
-    majority_count = table.column(defaults.REF_MAJORITY_COUNT_COLUMN).to_numpy()  # (P,)
-    num_samples = table.column(defaults.REF_NUM_SAMPLES_COLUMN).to_numpy()  # (P,)
+    # Copies: arrow hands out read-only buffers, which torch does not accept.
+    majority_count = torch.from_numpy(table.column(defaults.REF_MAJORITY_COUNT_COLUMN).to_numpy().copy())  # (P,)
+    num_samples = torch.from_numpy(table.column(defaults.REF_NUM_SAMPLES_COLUMN).to_numpy().copy())  # (P,)
     weights = prompt_weight(majority_count, num_samples, sigma, center).numpy()  # (P,)
     index = table.column_names.index(defaults.PROMPT_WEIGHT_COLUMN)
     table = table.set_column(index, defaults.PROMPT_WEIGHT_COLUMN, pa.array(weights, pa.float32()))
