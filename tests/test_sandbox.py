@@ -338,6 +338,25 @@ def test_bad_sweep_names_are_reported_with_the_valid_ones(value, tmp_path, capsy
     assert "invalid" not in error
 
 
+def test_sweep_rejects_methods_it_would_not_train(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--sweep", "kappa", "--methods", "gold_grpo", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "--sweep trains RESTRAIN at every grid point against TTRL; it takes no --methods" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+    # Without --sweep, --methods chooses the methods; without either, every method runs.
+    assert cli.build_config(cli._parse_args(cli._parser(), ["--methods", "ttrl"])).methods == ("ttrl",)
+    assert cli.build_config(cli._parse_args(cli._parser(), [])).methods == loop.SANDBOX_METHODS
+
+
+def test_help_says_what_the_sweep_compares(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "train RESTRAIN at every point of the grid" in text
+    assert "compare its final held-out pass@1 with TTRL's" in text
+
+
 def test_cli_rejects_bad_arguments(tmp_path):
     with pytest.raises(SystemExit):
         cli.main(["--sweep", "sigma,lr", "--out", str(tmp_path)])

@@ -1,7 +1,8 @@
 """``restrain-sandbox``: self-train a simulated policy with every method on a CPU, in about a minute.
 
 Writes ``sandbox_table.md``, ``sandbox.json`` and ``sandbox.png`` to ``--out`` and prints the
-table; with ``--sweep`` writes ``sandbox_sweep.{md,json,png}`` instead. This is a simulation that
+table; with ``--sweep`` trains RESTRAIN over a grid of sigma, kappa and delta against TTRL and
+writes ``sandbox_sweep.{md,json,png}`` instead. This is a simulation that
 illustrates the mechanisms of RESTRAIN and the baselines; it does not reproduce LLM numbers.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from verl_restrain import defaults
 from verl_restrain.sandbox import report
-from verl_restrain.sandbox.loop import DEFAULT_LR, METRICS, SandboxConfig, run
+from verl_restrain.sandbox.loop import DEFAULT_LR, METRICS, SANDBOX_METHODS, SandboxConfig, run
 from verl_restrain.sandbox.policy import ERROR_STRUCTURES, PromptSetConfig
 from verl_restrain.sandbox.sweep import SWEEP_GRID, parse_sweep, run_sweep
 
@@ -73,9 +74,19 @@ def _parser() -> argparse.ArgumentParser:
         "those options, when given, still win",
     )
     parser.add_argument(
-        "--sweep", type=_sweep_params, help=f"comma list from {','.join(SWEEP_GRID)}: grid {SWEEP_GRID}"
+        "--sweep",
+        type=_sweep_params,
+        help=f"comma list from {','.join(SWEEP_GRID)}: train RESTRAIN at every point of the grid over them "
+        f"({SWEEP_GRID}) and compare its final held-out pass@1 with TTRL's, which depends on none of "
+        "them; the other methods are not trained, so --methods cannot be given",
     )
-    parser.add_argument("--methods", type=_names, default=config.methods, help="comma list")
+    parser.add_argument(
+        "--methods",
+        type=_names,
+        # Left unset when not given, so that --sweep can tell a chosen list from the default.
+        default=argparse.SUPPRESS,
+        help=f"comma list from {', '.join(SANDBOX_METHODS)} (default: all of them)",
+    )
     parser.add_argument("--seeds", type=_ints, default=config.seeds, help="comma list")
     parser.add_argument("--steps", type=int, default=config.steps)
     parser.add_argument("--n", type=int, default=config.n, help="rollouts per prompt")
@@ -133,7 +144,7 @@ def build_config(args: argparse.Namespace) -> SandboxConfig:
         prompts=prompts,
         num_heldout=args.heldout,
         seeds=args.seeds,
-        methods=args.methods,
+        methods=getattr(args, "methods", SANDBOX_METHODS),
     )
 
 
@@ -185,6 +196,8 @@ def _run_sweep(config: SandboxConfig, params: tuple[str, ...], out: Path, progre
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = _parse_args(parser, argv)
+    if args.sweep and "methods" in vars(args):
+        parser.error("--sweep trains RESTRAIN at every grid point against TTRL; it takes no --methods")
     try:
         config = build_config(args)
     except ValueError as error:
