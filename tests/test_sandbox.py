@@ -208,6 +208,17 @@ def test_sandbox_calls_the_estimator_training_uses(monkeypatch):
     assert calls == {name: QUICK.steps for name in loop.SANDBOX_METHODS}
 
 
+def test_sandbox_and_training_share_one_estimator_function():
+    """Training's estimator and the sandbox reach the same function object, not a copy of it."""
+    from verl_restrain import estimator
+
+    assert estimator.compute_restrain_advantage is advantage.compute_restrain_advantage
+    # The sandbox binds the module, not the function, so it looks the estimator up at call time
+    # (which is what the monkeypatch tests above and below rely on).
+    assert loop.advantage is advantage
+    assert not hasattr(loop, "compute_restrain_advantage")
+
+
 def test_estimator_output_is_what_drives_training(monkeypatch):
     """With the estimator replaced by zeros, no method can move the policy: there is no second copy."""
     monkeypatch.setattr(
