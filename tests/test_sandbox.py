@@ -187,6 +187,31 @@ def test_method_advantage_passes_the_preset(name, monkeypatch):
         assert torch.equal(seen["answer_ids"], first_appearance_ids(sampled).reshape(-1))
 
 
+def test_uniform_weighting_rewards_rare_answers_as_the_loop_docstring_says():
+    # Counts {8, 4, 1, 1, 1, 1}, n = 16, m = 6, w_j = 1/6. Label stds sqrt(c (16 - c) / 240):
+    # 0.5164, 0.4472, 0.25, so b_j = w_j / std_j = 0.3227, 0.3727, 0.6667 and the group term
+    # sum_j b_j c_j / n = 0.3227 * 8/16 + 0.3727 * 4/16 + 4 * 0.6667 / 16 = 0.4212.
+    # Advantages b_j - 0.4212: -0.0985 (majority), -0.0485 (4 votes), +0.2455 (single votes).
+    counts = [8, 4, 1, 1, 1, 1]
+    answer_ids = torch.tensor([answer for answer, count in enumerate(counts) for _ in range(count)])
+    group_index = torch.zeros(16, dtype=torch.long)
+    first = [0, 8, 12]  # a rollout of the majority, of the 4-vote answer, of a single vote
+
+    def estimate(weighting, sigma=0.4, **kwargs):
+        kwargs = dict(sigma=sigma, center=1.0, kappa=0, delta=0.5, **kwargs)
+        return advantage.compute_restrain_advantage(answer_ids, group_index, weighting=weighting, **kwargs)
+
+    uniform = estimate("uniform")[first]
+    assert uniform.tolist() == pytest.approx([-0.0985, -0.0485, 0.2455], abs=1e-4)
+    # Without the std division: 1/m - (1/m) sum_j c_j / n = 0 for every rollout.
+    assert estimate("uniform", norm_adv_by_std=False).abs().max() < 1e-12
+    # The default sigma favours the majority; a large sigma flattens g towards uniform weights.
+    assert estimate("gaussian", sigma=0.4)[first].tolist() == pytest.approx([0.3188, -0.2461, -0.3916], abs=1e-4)
+    assert estimate("gaussian", sigma=0.8)[first].tolist() == pytest.approx([-0.0193, -0.0629, 0.1015], abs=1e-4)
+    assert estimate("gaussian", sigma=1.6)[first].tolist() == pytest.approx([-0.0807, -0.0502, 0.2116], abs=1e-4)
+    assert torch.allclose(estimate("gaussian", sigma=100.0), estimate("uniform"), atol=1e-4)
+
+
 # ---------------------------------------------------------------- training loop
 
 

@@ -26,6 +26,25 @@ as ``ttrl`` and is left out) plus ``gold_grpo``: GRPO on the gold reward, writte
 estimator with a fixed label (``fixed_label_answer_ids(sampled == gold)``, majority weighting,
 kappa = 0). Gold labels enter no other method; they only measure.
 
+Why ``uniform_weighting`` collapses. The estimator sums per-label GRPO advantages, each divided by
+its own label's std, sqrt(c_j (n - c_j) / (n (n - 1))), which is smallest for the rarest answers.
+Under uniform weights w_j = 1 / m every label has the same weight, so that division alone decides
+the sign, and the rare answers get the largest positive advantage. With answer counts
+{8, 4, 1, 1, 1, 1} at n = 16 (m = 6, std 0.516, 0.447 and 0.25), each rollout of the 8-vote
+majority gets about -0.098, each of the 4-vote answer -0.049 and each single vote +0.245: the
+update rewards diversity, entropy rises and pass@1 falls. Negative penalization at kappa = 4 does
+not stop it: it silences a prompt only once fewer than kappa rollouts agree, and a prompt with a
+clear majority, like this one, is still pushed apart (a larger kappa silences more prompts, which is
+why it rescues RESTRAIN at sigma = 0.8 in the sweep). Without the division (``norm_adv_by_std=False``)
+uniform weighting gives every rollout exactly 0 when each has an answer:
+1 / m - (1 / m) sum_j c_j / n = 1 / m - 1 / m. Gaussian weighting avoids the collapse only while
+g(f) = exp(-(f - center)^2 / (2 sigma^2)) rises with f steeply enough to outweigh the smaller std of
+rare answers: with center 1 and sigma 0.4 the same counts give the majority +0.319 and a
+single vote -0.392. As sigma grows g flattens over [0, 1] (at sigma 1.6, g(1/16) / g(8/16) = 0.88),
+the weights approach 1 / m and the advantages approach uniform weighting's (majority -0.081, single
+vote +0.212 at sigma 1.6; already -0.019 and +0.101 at sigma 0.8), so RESTRAIN collapses the same
+way; ``restrain-sandbox --sweep sigma`` shows it.
+
 RESTRAIN's prompt weight u_x = g(M_ref / n) and SRT-offline's fixed label (the majority answer)
 come from one sample of n rollouts per prompt from the initial policy, drawn once per seed.
 
