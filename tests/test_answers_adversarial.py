@@ -2,6 +2,7 @@
 time limit holds from worker threads."""
 
 import concurrent.futures
+import itertools
 import os
 import signal
 import time
@@ -11,7 +12,8 @@ import pytest
 from verl_restrain import _answer_sympy, answers
 
 TIME_BOUND_S = _answer_sympy.PAIR_TIMEOUT_S + 0.5
-"""Per response: at most one sympy step cut at ``PAIR_TIMEOUT_S``, plus killing the worker."""
+"""Per response: at most one Math-Verify comparison cut at ``PAIR_TIMEOUT_S``, plus killing the
+worker; the answer blamed for it then gets no other comparison."""
 
 # Sympy evaluates this sum term by term (for minutes), yet no explosive pattern flags it: only the
 # time limit stops it.
@@ -55,6 +57,9 @@ ADVERSARIAL = {
     "long_sum": "\\boxed{\\sum_{k=1}^{99999} \\frac{1}{k}}",
     "huge_product": "\\boxed{" + "\\cdot".join(["(x+1)"] * 60) + "}",
     "huge_integral": "\\boxed{\\int_0^{10^{10}} e^{x^{10}} dx}",
+    # Quick to parse, yet Math-Verify's verify runs for seconds against any number
+    "slow_to_verify_power": "\\boxed{(x+1)^{99999}}",
+    "slow_to_verify_gamma": "\\boxed{\\Gamma(99999.5)}",
     # Null bytes and odd unicode
     "null_bytes": "\x00\\boxed{5\x00}\x00",
     "only_nulls": "\x00" * 10_000,
@@ -81,9 +86,16 @@ ADVERSARIAL = {
     "ten_thousand_bare_boxed": "\\boxed" * 10_000,
 }
 
-# Answers that make each adversarial one go through every comparison path (constant, polynomial,
-# set, Math-Verify).
-COMPANIONS = ["\\boxed{3}", "\\boxed{x^2+1}", "\\boxed{\\{1, 2\\}}", "\\boxed{e^{\\sin 1}}"]
+_FRESH = itertools.count(7001)
+
+
+def fresh_companions() -> tuple[list[str], str]:
+    """Answers that make an adversarial one go through every comparison path (constant, polynomial,
+    set, Math-Verify), and a gold answer, all new to this process: no verdict about them is cached,
+    so the time bound cannot lean on earlier tests."""
+    k = next(_FRESH)
+    companions = [f"\\boxed{{{k}}}", f"\\boxed{{x^2+{k}}}", f"\\boxed{{\\{{1, {k}\\}}}}", f"\\boxed{{e^{{\\sin {k}}}}}"]
+    return companions, str(k + 1)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -95,14 +107,16 @@ def started_worker():
 @pytest.mark.parametrize("name", sorted(ADVERSARIAL))
 def test_adversarial_response_is_bounded_and_never_raises(name):
     response = ADVERSARIAL[name]
+    companions, gold = fresh_companions()
     start = time.monotonic()
     for kind in answers.KINDS:
         extracted = answers.extract_answer(response, kind)
         assert extracted is None or isinstance(extracted, str)
-    ids = answers.cluster_answers([response] + COMPANIONS + [response])
-    correct = answers.is_correct(response, "3")
+    ids = answers.cluster_answers([response] + companions + [response])
+    correct = answers.is_correct(response, gold)
     elapsed = time.monotonic() - start
-    assert len(ids) == len(COMPANIONS) + 2 and all(isinstance(i, int) and i >= -1 for i in ids)
+    assert len(ids) == len(companions) + 2 and all(isinstance(i, int) and i >= -1 for i in ids)
+    assert ids[1:-1] == sorted(set(ids[1:-1])) and -1 not in ids[1:-1]  # companions stay apart
     assert ids[0] == ids[-1]  # the same response always lands in the same cluster (or both -1)
     assert isinstance(correct, bool)
     assert elapsed < TIME_BOUND_S, f"{name} took {elapsed:.2f} s"
@@ -172,3 +186,52 @@ def test_dead_worker_is_replaced():
         os.kill(worker.process.pid, signal.SIGKILL)
         worker.process.wait(timeout=5)
     assert answers.same_answer("e^{5}", "\\exp(5)") is True
+
+
+@pytest.mark.parametrize(
+    "bomb",
+    [
+        # Parsed in milliseconds; Math-Verify's verify is what runs out of time
+        "(x+1)^{99998}",
+        "\\Gamma(99998.5)",
+    ],
+)
+def test_answer_slow_to_verify_costs_one_timeout(bomb):
+    start = time.monotonic()
+    ids = answers.cluster_extracted([bomb] + [str(k) for k in range(2, 12)])
+    assert ids == list(range(11))
+    assert time.monotonic() - start < TIME_BOUND_S
+    start = time.monotonic()
+    assert answers.same_answer(bomb, "17") is False
+    assert answers.is_correct(f"\\boxed{{{bomb}}}", "19") is False
+    assert time.monotonic() - start < 0.1
+
+
+def test_normal_answer_that_timed_out_with_a_bomb_keeps_its_verdicts():
+    """The bomb is blamed, not its partner: the partner can be sampled numerically, the bomb cannot."""
+    assert answers.same_answer("(x+1)^{99997}", "e^{31}") is False
+    start = time.monotonic()
+    assert answers.same_answer("(x+1)^{99997}", "e^{32}") is False
+    assert time.monotonic() - start < 0.1
+    assert answers.same_answer("e^{31}", "\\exp(31)") is True
+
+
+def test_budget_bounds_a_group_of_slow_answers(monkeypatch):
+    """Eight answers that each time out: the group stops at its budget, worker restarts included."""
+    monkeypatch.setattr(_answer_sympy, "PAIR_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(answers, "SYMPY_BUDGET_S", 1.5)
+    bombs = [f"(x+{k})^{{99990}}" for k in range(2, 10)]
+    start = time.monotonic()
+    ids = answers.cluster_extracted(bombs)
+    elapsed = time.monotonic() - start
+    assert ids == list(range(len(bombs)))
+    assert elapsed < 1.5 + 0.3, f"{elapsed:.2f} s"
+
+
+def test_slow_answer_memory_is_bounded_and_expires():
+    recent = _answer_sympy._RecentAnswers(2, ttl=0.2)
+    for answer in ("a", "b", "c"):
+        recent.add(answer)
+    assert "a" not in recent and "b" in recent and "c" in recent
+    time.sleep(0.25)
+    assert "b" not in recent and "c" not in recent

@@ -5,7 +5,8 @@ verl calls reward code from worker threads and Ray actors; and nothing can inter
 stuck in sympy. So the sympy work runs in small persistent child processes
 (``_answer_worker.py``, Math-Verify's ``parse`` + ``verify`` in both directions, parse results cached
 there), driven over pipes with ``poll`` deadlines. A comparison that misses its deadline kills its
-worker, a fresh one starts in the background, and the verdict is "not equal".
+worker, a fresh one starts in the background, there is no verdict (the caller counts the pair
+unequal), and the answer to blame is remembered for a while so that it costs no second timeout.
 
 Before anything reaches a worker, ``looks_explosive`` turns away answers that would make sympy build
 astronomically large numbers (power towers, huge exponents, factorials of big numbers or of
@@ -22,6 +23,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import math
 import os
 import re
 import select
@@ -35,18 +37,24 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 PAIR_TIMEOUT_S = 1.0
-"""Wall-clock limit for each step of a Math-Verify comparison: preparing (parsing, sampling) each
-answer, then verifying both ways."""
+"""Wall-clock limit for one whole Math-Verify comparison (preparing, that is parsing and sampling,
+both answers, then verifying both ways), counted once a started worker is at hand."""
 SLOW_ANSWERS_KEPT = 4096
+SLOW_ANSWER_TTL_S = 600.0
+"""How long an answer blamed for a timeout gets no sympy comparison. Then it gets a new try, so that
+a timeout caused by a busy CPU does not cost a normal answer its verdicts for good."""
+FAST_ANSWERS_KEPT = 4096
 STARTUP_TIMEOUT_S = 60.0
-"""Limit for a worker's start (importing sympy and Math-Verify), not counted in ``PAIR_TIMEOUT_S``."""
+"""Limit for a worker's start (importing sympy and Math-Verify). Only the first start in a process is
+waited for past a caller's deadline (see ``math_verify_equal``)."""
 MAX_STARTUP_FAILURES = 3
 """After this many workers in a row fail to start, sympy comparisons are switched off (logged)."""
 MAX_SYMPY_CHARS = 300
 MAX_SYMPY_DEPTH = 20
 WORKERS_ENV = "VERL_RESTRAIN_MATH_WORKERS"
 """Environment variable overriding the number of worker processes per Python process."""
-DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))
+DEFAULT_WORKERS = max(2, min(4, os.cpu_count() or 1))
+"""At least two, so that a started worker is at hand while a killed one's replacement starts."""
 
 _WORKER_SCRIPT = Path(__file__).with_name("_answer_worker.py")
 
@@ -148,6 +156,9 @@ class _Worker:
         self.ready = False
         self._buffer = b""
 
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
     def _read_line(self, deadline: float) -> bytes | None:
         """One reply line, or None when ``deadline`` (monotonic seconds) passes first."""
         fd = self.process.stdout.fileno()
@@ -155,9 +166,9 @@ class _Worker:
         poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            if not poller.poll(max(1, int(remaining * 1000))):
+            if not poller.poll(max(0, math.ceil(remaining * 1000))):
+                if remaining <= 0:
+                    return None
                 continue
             chunk = os.read(fd, 65536)
             if not chunk:
@@ -166,16 +177,27 @@ class _Worker:
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, deadline: float) -> bool:
+        """True once the worker has started; False when ``deadline`` passes while it is still
+        starting. Raises ``_WorkerUnavailable`` when it died or ``STARTUP_TIMEOUT_S`` ran out."""
         if self.ready:
-            return
+            return True
+        limit = self.started + STARTUP_TIMEOUT_S
         try:
-            line = self._read_line(self.started + STARTUP_TIMEOUT_S)
-        except _WorkerDied:
-            line = None
-        if line is None or not json.loads(line).get("ready"):
+            line = self._read_line(min(deadline, limit))
+        except _WorkerDied as error:
+            raise _WorkerUnavailable() from error
+        if line is None:
+            if time.monotonic() >= limit:
+                raise _WorkerUnavailable()
+            return False
+        try:
+            self.ready = json.loads(line).get("ready") is True
+        except (ValueError, AttributeError):
+            self.ready = False
+        if not self.ready:
             raise _WorkerUnavailable()
-        self.ready = True
+        return True
 
     def send(self, payloads: list[dict]) -> None:
         """Queue requests; the worker answers them in order."""
@@ -186,9 +208,9 @@ class _Worker:
         except OSError as error:  # BrokenPipeError: it had exited before these requests
             raise _WorkerGone() from error
 
-    def receive(self, timeout: float) -> dict | None:
-        """The next reply, or None if ``timeout`` seconds passed (the worker is then unusable)."""
-        line = self._read_line(time.monotonic() + timeout)
+    def receive(self, deadline: float) -> dict | None:
+        """The next reply, or None if ``deadline`` passed first (the worker is then unusable)."""
+        line = self._read_line(deadline)
         return None if line is None else json.loads(line)
 
     def kill(self) -> None:
@@ -204,31 +226,43 @@ class _Worker:
                 pass
 
 
-class _SlowAnswers:
-    """Answers whose parsing or evaluation alone exceeded the time limit, most recent kept.
+class _RecentAnswers:
+    """Thread-safe set of answer strings: beyond ``size`` entries the least recently added is
+    dropped, and each entry is forgotten ``ttl`` seconds after it was added (never if None)."""
 
-    Comparing such an answer would time out again, so it is unequal to everything without a try.
-    """
-
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, ttl: float | None = None) -> None:
         self._size = size
-        self._items: OrderedDict[str, None] = OrderedDict()
+        self._ttl = ttl
+        self._items: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
 
     def add(self, answer: str) -> None:
         with self._lock:
-            self._items[answer] = None
+            self._items[answer] = time.monotonic()
             self._items.move_to_end(answer)
             if len(self._items) > self._size:
                 self._items.popitem(last=False)
 
     def __contains__(self, answer: str) -> bool:
         with self._lock:
-            return answer in self._items
+            added = self._items.get(answer)
+            if added is None:
+                return False
+            if self._ttl is not None and time.monotonic() - added > self._ttl:
+                del self._items[answer]
+                return False
+            return True
 
 
 class _Pool:
-    """Up to ``size`` workers shared by all threads of one process."""
+    """``size`` workers shared by all threads of one process.
+
+    All are started at the first use and each is replaced as soon as it is killed, so a started one
+    is usually at hand while a replacement starts. ``slow_answers`` holds the answers blamed for a
+    comparison that ran out of time (``_blame``): another comparison with one would time out again,
+    so it gets none for ``SLOW_ANSWER_TTL_S`` seconds. ``fast_answers`` holds answers that finished
+    a comparison in time, which clears them of blame for a later timeout while verifying.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -237,99 +271,155 @@ class _Pool:
         self._live = 0
         self._startup_failures = 0
         self._disabled = False
+        self._ever_ready = False
         self._condition = threading.Condition()
-        self.slow_answers = _SlowAnswers(SLOW_ANSWERS_KEPT)
+        self.slow_answers = _RecentAnswers(SLOW_ANSWERS_KEPT, SLOW_ANSWER_TTL_S)
+        self.fast_answers = _RecentAnswers(FAST_ANSWERS_KEPT)
 
-    def _spawn(self) -> _Worker | None:
-        try:
-            return _Worker()
-        except OSError:
-            logger.warning("cannot start a Math-Verify worker process", exc_info=True)
-            return None
+    def _startup_failed(self) -> None:
+        """Count a worker that did not start (call with the lock held)."""
+        self._startup_failures += 1
+        if self._startup_failures >= MAX_STARTUP_FAILURES and not self._disabled:
+            self._disabled = True
+            logger.warning("Math-Verify workers fail to start; answers that need sympy now compare unequal")
 
-    def _acquire(self) -> _Worker:
-        with self._condition:
-            while not self._idle and self._live >= self.size and not self._disabled:
-                self._condition.wait()
-            if self._disabled:
-                raise _WorkerUnavailable()
-            if self._idle:
-                return self._idle.pop()
+    def _fill(self) -> None:
+        """Start workers up to ``size`` (call with the lock held)."""
+        while self._live < self.size and not self._disabled:
+            try:
+                worker = _Worker()
+            except OSError:
+                logger.warning("cannot start a Math-Verify worker process", exc_info=True)
+                self._startup_failed()
+                return
             self._live += 1
-        worker = self._spawn()
-        if worker is None:
-            self._retire(None, startup_failed=True)
-            raise _WorkerUnavailable()
-        return worker
+            self._idle.append(worker)
 
-    def _retire(self, worker: _Worker | None, startup_failed: bool = False) -> None:
-        """Kill a worker that timed out, died or failed to start, and start its replacement now,
-        so that it boots while other work goes on."""
-        if worker is not None:
-            worker.kill()
+    def _acquire(self, deadline: float) -> _Worker | None:
+        """An idle worker: a started one first, else the one starting longest; None when workers
+        are off or none is free before ``deadline``."""
         with self._condition:
+            while True:
+                if self._disabled:
+                    return None
+                self._fill()
+                if self._idle:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._live == 0:
+                    return None
+                self._condition.wait(remaining)
+            alive = [worker for worker in self._idle if worker.alive()]
+            ready = [worker for worker in alive if worker.ready]
+            worker = ready[-1] if ready else min(alive or self._idle, key=lambda w: w.started)
+            self._idle.remove(worker)
+            return worker
+
+    def _retire(self, worker: _Worker, startup_failed: bool = False) -> None:
+        """Kill a worker that timed out, died or failed to start, and start its replacement now
+        (unless workers fail to start), so that it boots while other work goes on."""
+        worker.kill()
+        with self._condition:
+            self._live -= 1
             if startup_failed:
-                self._startup_failures += 1
-                if self._startup_failures >= MAX_STARTUP_FAILURES and not self._disabled:
-                    self._disabled = True
-                    logger.warning(
-                        "Math-Verify workers fail to start; answers that need sympy now compare unequal"
-                    )
-            replacement = None if self._disabled or startup_failed else self._spawn()
-            if replacement is None:
-                self._live -= 1
+                self._startup_failed()
             else:
-                self._idle.append(replacement)
+                self._fill()
             self._condition.notify()
 
     def _release(self, worker: _Worker) -> None:
         with self._condition:
-            self._startup_failures = 0
+            if worker.ready:
+                self._startup_failures = 0
             self._idle.append(worker)
             self._condition.notify()
 
-    def warm_up(self) -> None:
-        """Start one worker and wait until it is ready."""
-        worker = self._acquire()
-        try:
-            worker.wait_ready()
-        except _WorkerUnavailable:
-            self._retire(worker, startup_failed=True)
-            return
-        self._release(worker)
-
-    def _checked_out(self) -> _Worker | None:
-        try:
-            worker = self._acquire()
-        except _WorkerUnavailable:
+    def _checked_out(self, deadline: float) -> _Worker | None:
+        """A started worker, or None at ``deadline``; until a first worker of this process has
+        started, the wait is up to ``STARTUP_TIMEOUT_S`` instead."""
+        worker = self._acquire(deadline)
+        if worker is None:
             return None
         try:
-            worker.wait_ready()
+            ready = worker.wait_ready(deadline if self._ever_ready else math.inf)
         except _WorkerUnavailable:
             self._retire(worker, startup_failed=True)
             return None
+        if not ready:
+            self._release(worker)  # still starting: a later comparison takes it
+            return None
+        self._ever_ready = True
         return worker
 
-    def compare(self, a: str, b: str, timeout: float) -> bool | None:
-        """Math-Verify's verdict; False when a step times out or the worker crashes; None if no
-        worker can be had. Each answer is prepared (parsed, sampled) in its own step with its own
-        ``timeout``, so a slow answer is recognised and remembered in ``slow_answers``."""
-        for _ in range(2):  # a second try only if the first worker was found already dead
-            worker = self._checked_out()
+    def warm_up(self) -> None:
+        """Start every worker and wait until each has started (or failed to)."""
+        with self._condition:
+            self._fill()
+            starting = [worker for worker in self._idle if not worker.ready]
+            for worker in starting:
+                self._idle.remove(worker)
+        for worker in starting:
+            try:
+                worker.wait_ready(math.inf)
+            except _WorkerUnavailable:
+                self._retire(worker, startup_failed=True)
+                continue
+            self._ever_ready = True
+            self._release(worker)
+
+    def _blame(self, a: str, b: str, replies: list[dict]) -> None:
+        """Remember which answer made a comparison of ``a`` and ``b`` run out of time, ``replies``
+        being the steps it had finished.
+
+        A timeout while preparing an answer is that answer's. A timeout while verifying is that of
+        the answers not cleared by a comparison they finished in time; when neither is cleared and
+        exactly one could not be sampled numerically (the usual mark of an answer that makes sympy
+        explode), that one's; when both are cleared, both (the CPU was busy; ``SLOW_ANSWER_TTL_S``
+        ends it).
+        """
+        if len(replies) < 2:
+            self.slow_answers.add((a, b)[len(replies)])
+            return
+        suspects = [answer for answer in (a, b) if answer not in self.fast_answers]
+        if len(suspects) == 2:
+            unsampled = [answer for answer, reply in zip((a, b), replies) if not reply.get("sampled")]
+            if len(unsampled) == 1:
+                suspects = unsampled
+        for answer in suspects or (a, b):
+            self.slow_answers.add(answer)
+
+    def compare(self, a: str, b: str, limit: float, deadline: float) -> bool | None:
+        """Math-Verify's verdict on ``a`` and ``b``, or None for no verdict.
+
+        The whole comparison (preparing ``a``, preparing ``b``, verifying; one round trip) gets
+        ``limit`` seconds from the moment a started worker is at hand, cut short at ``deadline``;
+        waiting for a worker ends at ``deadline`` too, except before this process's first worker
+        has started. Running out of ``limit`` kills the worker, blames an answer (``_blame``) and
+        gives None; running out of ``deadline`` kills the worker and gives None, blaming no one. A
+        worker that crashes gives False.
+        """
+        for _ in range(self.size + 1):  # another try only if the worker was found already dead
+            worker = self._checked_out(deadline)
             if worker is None:
                 return None
-            steps = [({"op": "prepare", "answer": a}, a), ({"op": "prepare", "answer": b}, b)]
-            steps.append(({"op": "equal", "a": a, "b": b}, None))
+            own_stop = time.monotonic() + limit
+            stop = min(own_stop, deadline)
+            requests = [
+                {"op": "prepare", "answer": a},
+                {"op": "prepare", "answer": b},
+                {"op": "equal", "a": a, "b": b},
+            ]
+            replies: list[dict] = []
             try:
-                # Sent together (one round trip), answered in order: each reply has its own deadline.
-                worker.send([payload for payload, _ in steps])
-                for _, answer in steps:
-                    reply = worker.receive(timeout)
+                worker.send(requests)  # one round trip, answered in order
+                for _ in requests:
+                    reply = worker.receive(stop)
                     if reply is None:
-                        if answer is not None:
-                            self.slow_answers.add(answer)
                         self._retire(worker)
-                        return False
+                        if stop == own_stop:
+                            self._blame(a, b, replies)
+                        return None
+                    replies.append(reply)
             except _WorkerGone:
                 self._retire(worker)
                 continue
@@ -337,7 +427,9 @@ class _Pool:
                 self._retire(worker)
                 return False
             self._release(worker)
-            return bool(reply.get("equal"))
+            self.fast_answers.add(a)
+            self.fast_answers.add(b)
+            return bool(replies[-1].get("equal"))
         return None
 
     def close(self) -> None:
@@ -368,19 +460,36 @@ def pool() -> _Pool:
         return _POOL
 
 
-def math_verify_equal(a: str, b: str, timeout: float | None = None) -> bool | None:
-    """Math-Verify equality of two canonical answers, in both directions, within ``timeout``
-    seconds (default ``PAIR_TIMEOUT_S``). None when no worker is available (no verdict)."""
+def math_verify_equal(a: str, b: str, timeout: float | None = None, deadline: float | None = None) -> bool | None:
+    """Math-Verify equality of two canonical answers, in both directions; None for no verdict.
+
+    The comparison gets ``timeout`` seconds (default ``PAIR_TIMEOUT_S``) once a started worker is at
+    hand. Waiting for a worker (all busy in other threads, or starting) and the comparison both end
+    at ``deadline`` (monotonic seconds; default ``timeout`` from now), except that the first
+    comparison of a process waits up to ``STARTUP_TIMEOUT_S`` for the first worker to start
+    (``warm_up`` does that ahead of time). So a call returns by ``deadline``, plus the few
+    milliseconds it takes to kill a worker that ran out of time.
+
+    False for an explosive answer (``looks_explosive``) and when the worker crashes. None when
+    ``deadline`` has passed, no worker can be had, the comparison ran out of time, or an answer was
+    blamed for a timeout in the last ``SLOW_ANSWER_TTL_S`` seconds (then no sympy work at all).
+    """
     if looks_explosive(a) or looks_explosive(b):
         return False
     workers = pool()
     if a in workers.slow_answers or b in workers.slow_answers:
-        return False
-    return workers.compare(a, b, PAIR_TIMEOUT_S if timeout is None else timeout)
+        return None
+    limit = PAIR_TIMEOUT_S if timeout is None else timeout
+    if deadline is None:
+        deadline = time.monotonic() + limit
+    if time.monotonic() >= deadline:
+        return None
+    return workers.compare(a, b, limit, deadline)
 
 
 def warm_up() -> None:
-    """Start a worker now rather than at the first comparison that needs sympy."""
+    """Start the workers now and wait until they have started, rather than at the first comparison
+    that needs sympy."""
     pool().warm_up()
 
 

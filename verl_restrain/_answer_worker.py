@@ -15,7 +15,9 @@ answer is slow:
 Protocol, one JSON object per line:
 - on start, after the imports and a first comparison (the LaTeX parser's warm-up), the worker writes
   ``{"ready": true}``;
-- ``{"op": "prepare", "answer": "<canonical answer>"}`` -> ``{"ok": true}``;
+- ``{"op": "prepare", "answer": "<canonical answer>"}`` -> ``{"ok": bool, "sampled": bool}``
+  (parsed; evaluated at the sample points, which the parent uses to tell which answer of a pair
+  that timed out to blame);
 - ``{"op": "equal", "a": "<canonical answer>", "b": "<canonical answer>"}`` -> ``{"equal": bool}``.
 Any failure inside a request (MemoryError and RecursionError included) answers ``ok``/``equal``
 false. The worker exits on end of stdin and when its parent dies. Its address space is capped at
@@ -131,9 +133,10 @@ def equal(a: str, b: str) -> bool:
 def _answer(request: dict) -> dict:
     if request.get("op") == "prepare":
         try:
-            return {"ok": bool(prepared(str(request["answer"])).parsed)}
+            answer = prepared(str(request["answer"]))
+            return {"ok": bool(answer.parsed), "sampled": answer.samples is not None}
         except Exception:
-            return {"ok": False}
+            return {"ok": False, "sampled": False}
     try:
         return {"equal": bool(equal(str(request["a"]), str(request["b"])))}
     except Exception:

@@ -25,10 +25,33 @@ Pipeline:
 
 Guarantees: no function here raises on any response or answer string (a non-``str`` counts as no
 answer); only an unknown ``kind`` raises ``ValueError``. Extraction reads at most a bounded part of
-a response (see ``_answer_extract``), any one sympy comparison is cut off after
-``_answer_sympy.PAIR_TIMEOUT_S`` seconds in any thread, and one group spends at most
-``GROUP_SYMPY_BUDGET_S`` seconds in sympy; what fails or runs out of time is "no answer" or "not
-equal".
+a response (see ``_answer_extract``). Time spent on sympy, in any thread:
+- one Math-Verify comparison (parsing both answers and verifying both ways, together) is cut off
+  ``_answer_sympy.PAIR_TIMEOUT_S`` (1 s) after a started worker is at hand;
+- one ``cluster_extracted``, ``same_answer`` or ``is_correct`` call spends at most
+  ``SYMPY_BUDGET_S`` (4 s) on comparisons in all, waiting for a worker (busy, or starting after a
+  kill) included, plus a few milliseconds to kill a worker that ran out of time. The one exception
+  is the first comparison of a process, which waits for the first worker to start, up to
+  ``_answer_sympy.STARTUP_TIMEOUT_S`` (60 s, normally under a second; ``_answer_sympy.warm_up()``
+  does it ahead of time);
+- an answer blamed for a comparison that timed out (``_answer_sympy._Pool._blame``) gets no sympy
+  comparison for ``_answer_sympy.SLOW_ANSWER_TTL_S`` seconds, so it costs at most one timeout.
+What fails or runs out of time is "no answer" or "not equal".
+
+Votes versus grading: ``is_correct`` is ``same_answer`` of the extracted and the canonical gold
+answer, the relation the vote joins by, so the two agree on every pair except in two ways:
+- the vote is the transitive closure of ``same_answer`` within a group, and the relation is not
+  transitive where a decimal is rounded (here and in Math-Verify: to 6 places, except against an
+  integer, which a decimal must equal exactly) and where Math-Verify compares symbol names. So a
+  group holding "2", "2.0" and "2.0000001" votes them into one cluster ("2" = "2.0" exactly,
+  "2.0" = "2.0000001" at 6 places), while ``is_correct("\\boxed{2.0000001}", "2")`` is False.
+  The members of one cluster need not grade alike, so grading a cluster through one member
+  (``evaluation.grade_problem`` takes its first) can differ from grading another;
+- a pair that needs Math-Verify and gets no verdict in one call (the call's budget ran out, the
+  comparison timed out, an answer is remembered as slow, no worker could be had) is unequal in
+  that call only and not cached, so a later call, clustering or grading, may find it equal. Pairs
+  decided by string equality or ``_answer_numeric`` (in the benchmark, all but ``\\exp(k)``),
+  and every pair with a cached verdict, always get the same verdict.
 """
 
 from __future__ import annotations
@@ -44,8 +67,9 @@ from verl_restrain._answer_numeric import numeric_verdict
 from verl_restrain._answer_sympy import math_verify_equal
 
 KINDS = ("math", "choice")
-GROUP_SYMPY_BUDGET_S = 4.0
-"""Sympy time one ``cluster_extracted`` call may spend; pairs left undecided after it are unequal."""
+SYMPY_BUDGET_S = 4.0
+"""Wall-clock time one ``cluster_extracted``, ``same_answer`` or ``is_correct`` call may spend on
+Math-Verify comparisons, waiting for a worker included; pairs left undecided after it are unequal."""
 VERDICT_CACHE_SIZE = 1 << 17
 
 
@@ -84,11 +108,12 @@ class _VerdictCache:
 _VERDICTS = _VerdictCache(VERDICT_CACHE_SIZE)
 
 
-def _math_equal(a: str, b: str, deadline: float | None = None) -> bool:
+def _math_equal(a: str, b: str, deadline: float) -> bool:
     """Equality of two canonical math answers (rules in the module docstring).
 
-    ``deadline`` (monotonic seconds) ends the sympy budget of a group: past it, a pair that needs
-    sympy is reported unequal and the verdict is not cached.
+    ``deadline`` (monotonic seconds) ends the sympy budget of the calling ``cluster_extracted`` or
+    ``same_answer``. A pair that gets no Math-Verify verdict (the budget ran out, the comparison
+    timed out, an answer is remembered as slow, no worker) is reported unequal and not cached.
     """
     if a == b:
         return True
@@ -97,9 +122,7 @@ def _math_equal(a: str, b: str, deadline: float | None = None) -> bool:
         return cached
     verdict = numeric_verdict(a, b)
     if verdict is None:
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
-        verdict = math_verify_equal(a, b)
+        verdict = math_verify_equal(a, b, deadline=deadline)
         if verdict is None:
             return False
     _VERDICTS.put(a, b, verdict)
@@ -151,7 +174,8 @@ def same_answer(a: str, b: str, kind: str = "math") -> bool:
     """Whether two canonical answers (from ``extract_answer``/``canonicalize``) are equivalent.
 
     Symmetric. ``choice``: same letter. ``math``: same string, else equal as constants, else
-    Math-Verify ``verify`` true in both directions within the time limit. Never raises.
+    Math-Verify ``verify`` true in both directions within the time limits (module docstring:
+    at most ``SYMPY_BUDGET_S`` in sympy, worker waits included). Never raises.
     """
     _check_kind(kind)
     if not isinstance(a, str) or not isinstance(b, str) or not a or not b:
@@ -159,7 +183,7 @@ def same_answer(a: str, b: str, kind: str = "math") -> bool:
     if kind == "choice" or a == b:
         return a == b
     try:
-        return _math_equal(a, b)
+        return _math_equal(a, b, time.monotonic() + SYMPY_BUDGET_S)
     except Exception:
         return False
 
@@ -186,7 +210,7 @@ def cluster_extracted(answers: Sequence[str | None], kind: str = "math") -> list
         return i
 
     if kind == "math" and len(forms) > 1:
-        deadline = time.monotonic() + GROUP_SYMPY_BUDGET_S
+        deadline = time.monotonic() + SYMPY_BUDGET_S
         for j in range(1, len(forms)):
             for i in range(j):
                 if root(i) == root(j):
