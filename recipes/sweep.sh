@@ -2,7 +2,7 @@
 # Sensitivity sweep of RESTRAIN's sigma, kappa and delta (Qwen3-4B-Base, DAPO-Math-14k).
 #
 # GRID=axes (default) varies one parameter at a time, the others at the package defaults
-# (sigma 0.4, kappa 4, delta 0.5); GRID=full runs every combination. Each run is
+# (verl_restrain/defaults.py: sigma 0.4, kappa 4, delta 0.5); GRID=full runs every combination. Each run is
 # recipes/qwen3_4b_base/restrain.sh with SIGMA/KAPPA/DELTA set and its own experiment name. The
 # base model is sampled once (offline scoring); for each sigma, u_x = g(c_ref / n) is recomputed
 # from the stored c_ref and n with that sigma (python -m verl_restrain.data.prompt_weights), which
@@ -12,9 +12,11 @@ SIGMAS=${SIGMAS:-"0.2 0.4 0.8"}
 KAPPAS=${KAPPAS:-"2 4 6"}
 DELTAS=${DELTAS:-"0.25 0.5 1.0"}
 GRID=${GRID:-axes}
-DEFAULT_SIGMA=${DEFAULT_SIGMA:-0.4}
-DEFAULT_KAPPA=${DEFAULT_KAPPA:-4}
-DEFAULT_DELTA=${DEFAULT_DELTA:-0.5}
+# The fixed values of GRID=axes: the package defaults (verl_restrain/defaults.py) unless set.
+read -r package_sigma package_kappa package_delta <<<"$("${PYTHON:-python3}" -c 'from verl_restrain import defaults as d; print(d.SIGMA, d.KAPPA, d.DELTA)')"
+DEFAULT_SIGMA=${DEFAULT_SIGMA:-$package_sigma}
+DEFAULT_KAPPA=${DEFAULT_KAPPA:-$package_kappa}
+DEFAULT_DELTA=${DEFAULT_DELTA:-$package_delta}
 RESTRAIN=${RESTRAIN:-"$(dirname "${BASH_SOURCE[0]}")/qwen3_4b_base/restrain.sh"}
 
 runs=()
