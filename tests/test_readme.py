@@ -27,3 +27,18 @@ def test_ci_runs_the_readme_commands_verbatim():
 def test_ci_treats_no_collected_tests_as_failure():
     ci = (ROOT / ".ci" / "run").read_text()
     assert '"$status" -eq 5' in ci and "exit 1" in ci
+
+
+def test_readme_shows_the_committed_sandbox_table():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"<!-- sandbox-table -->\n(.+?)\n<!-- /sandbox-table -->", readme, flags=re.S)
+    assert match, "README has no sandbox table between its markers"
+    assert match.group(1).strip() == (ROOT / "docs" / "sandbox_table.md").read_text(encoding="utf-8").strip()
+
+
+def test_readme_images_exist():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme)
+    assert images
+    for image in images:
+        assert (ROOT / image).is_file(), image
