@@ -98,9 +98,11 @@ def fresh_companions() -> tuple[list[str], str]:
     return companions, str(k + 1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def started_worker():
-    """Worker start-up (about a second, once per process) is not part of a response's time."""
+@pytest.fixture(autouse=True)
+def started_workers():
+    """Worker start-up (under a second once per process and after each kill, more on a busy CPU) is
+    not part of a response's time, so each test starts with every worker started. Waiting for a
+    start counts against ``answers.SYMPY_BUDGET_S`` (``test_budget_bounds_a_group_of_slow_answers``)."""
     _answer_sympy.warm_up()
 
 
