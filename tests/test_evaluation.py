@@ -122,6 +122,12 @@ def test_errors_before_model_loads(tmp_path, no_model_loading):
     with pytest.raises(SystemExit, match=r"verl checkpoint.*python -m verl.model_merger merge --backend fsdp"):
         evaluation.main(["--model", str(model), "--benchmarks", "aime24", "--output", out])
     (model / "config.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(SystemExit, match="is a verl checkpoint"):  # a config, but the weights are verl's shards
+        evaluation.main(["--model", str(model), "--benchmarks", "aime24", "--output", out])
+    (model / "model_world_size_8_rank_0.pt").unlink()
+    with pytest.raises(SystemExit, match="has a config.json but no weight files"):
+        evaluation.main(["--model", str(model), "--benchmarks", "aime24", "--output", out])
+    (model / "model.safetensors").write_bytes(b"")
     with pytest.raises(SystemExit, match="unknown benchmark 'aime2024'"):
         evaluation.main(["--model", str(model), "--benchmarks", "aime24,aime2024", "--output", out])
     with pytest.raises(SystemExit, match=r"no data for 'gpqa_diamond'.*prepare_data.py --benchmarks gpqa_diamond"):
@@ -137,6 +143,55 @@ def test_errors_before_model_loads(tmp_path, no_model_loading):
     with pytest.raises(SystemExit, match="expected KEY=VALUE"):
         evaluation.main(["--model", str(model), "--benchmarks", "aime24", "--output", out, "--engine-kwarg", "x"])
     assert not Path(out).exists()
+
+
+def test_markdown_output_name_is_rejected(tmp_path, no_model_loading):
+    """The table goes to <output>.md: an --output ending in .md would be overwritten by it."""
+    for name in ("r.md", "r.MD"):
+        with pytest.raises(SystemExit, match=r"--output .*r\.(md|MD) ends in \.md"):
+            evaluation.main(["--model", "Qwen/Qwen3-4B-Base", "--benchmarks", "aime24", "--output", str(tmp_path / name)])
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_vllm_is_a_clean_error(tmp_path, tiny_model, monkeypatch, no_model_loading):
+    monkeypatch.setattr(generation, "_vllm_importable", lambda: False)
+    with pytest.raises(SystemExit, match=r'vLLM is not installed.*pip install -e "\.\[vllm\]"'):
+        evaluation.main(["--model", str(tiny_model), "--benchmarks", "aime24", "--engine", "vllm",
+                         "--output", str(tmp_path / "r.json")])
+
+
+def make_verl_checkpoint(root: Path, step: int, *, hf_weights: bool = False) -> Path:
+    """verl 0.9.1's FSDP checkpoint layout: global_step_N/actor/{shards, fsdp_config.json, huggingface/}."""
+    actor = root / f"global_step_{step}" / "actor"
+    (actor / "huggingface").mkdir(parents=True)
+    (actor / "model_world_size_2_rank_0.pt").write_bytes(b"")
+    (actor / "model_world_size_2_rank_1.pt").write_bytes(b"")
+    (actor / "fsdp_config.json").write_text("{}", encoding="utf-8")
+    (actor / "huggingface" / "config.json").write_text("{}", encoding="utf-8")
+    (actor / "huggingface" / "tokenizer.json").write_text("{}", encoding="utf-8")
+    if hf_weights:
+        (actor / "huggingface" / "model.safetensors").write_bytes(b"")
+    return actor
+
+
+@pytest.mark.parametrize("where", ["root", "global_step", "actor", "actor/huggingface"])
+def test_verl_checkpoints_get_the_merge_command(tmp_path, where):
+    root = tmp_path / "checkpoints"
+    make_verl_checkpoint(root, 10)
+    actor = make_verl_checkpoint(root, 20)
+    (root / "latest_checkpointed_iteration.txt").write_text("20", encoding="utf-8")
+    model = {"root": root, "global_step": actor.parent, "actor": actor, "actor/huggingface": actor / "huggingface"}
+    expected = f"python -m verl.model_merger merge --backend fsdp --local_dir {actor} --target_dir <hf_dir>"
+    with pytest.raises(ValueError, match="is a verl checkpoint") as error:
+        evaluation.check_model(str(model[where]))
+    assert expected in str(error.value)
+
+
+def test_verl_checkpoint_with_saved_hf_weights(tmp_path):
+    actor = make_verl_checkpoint(tmp_path, 5, hf_weights=True)
+    evaluation.check_model(str(actor / "huggingface"))  # a complete Hugging Face folder
+    with pytest.raises(ValueError, match=f"or pass --model {actor / 'huggingface'}, which holds the full weights"):
+        evaluation.check_model(str(actor.parent))
 
 
 def test_hub_ids_are_accepted_without_a_local_folder():

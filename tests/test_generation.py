@@ -9,6 +9,7 @@ from tiny_lm import make_tiny_model_dir
 from verl_restrain import generation
 from verl_restrain.generation import (
     HFSampler,
+    check_engine,
     default_tensor_parallel_size,
     load_sampler,
     load_tokenizer,
@@ -144,6 +145,16 @@ def test_engine_selection(monkeypatch):
         resolve_engine("sglang")
     with pytest.raises(ImportError, match="vLLM is not installed"):
         load_sampler("unused-model-path", engine="vllm")
+
+
+def test_missing_vllm_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(generation, "_vllm_importable", lambda: False)
+    install = r'pip install -e "\.\[vllm\]"'
+    with pytest.raises(ValueError, match=f"vLLM is not installed.*{install}.*--engine hf"):
+        check_engine("vllm")
+    with pytest.raises(ImportError, match=install):
+        load_sampler("unused-model-path", engine="vllm")
+    assert check_engine("auto") == check_engine("hf") == "hf"
 
 
 def test_load_sampler_hf(model_dir):

@@ -18,16 +18,17 @@ is correct (``is_correct``):
 * ``no_answer``: share of samples from which no final answer is extracted (``extract_answer`` is None).
 
 Results go to a JSON file (:data:`RESULT_FORMAT`, read by ``scripts/make_tables.py``) and a markdown
-table next to it. verl's FSDP checkpoints are converted to a Hugging Face folder first with verl's
-own merger: ``python -m verl.model_merger merge --backend fsdp --local_dir
-<ckpt>/global_step_N/actor --target_dir <hf_dir>``.
+table next to it (the JSON name with ``.md``, so ``--output`` must not end in ``.md``). A ``--model``
+that is not a loadable Hugging Face folder or hub id is an error before anything loads
+(:func:`verl_restrain.generation.check_model`). verl's FSDP checkpoints are converted to a Hugging
+Face folder first with verl's own merger: ``python -m verl.model_merger merge --backend fsdp
+--local_dir <ckpt>/global_step_N/actor --target_dir <hf_dir>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,13 +38,12 @@ from typing import Any
 import numpy as np
 
 from verl_restrain import __version__
+from verl_restrain.generation import check_model
 
 RESULT_FORMAT = "verl_restrain.evaluation/1"
 
 # Prompts per generate call: vLLM schedules a large batch itself; HF pads a batch to its longest row.
 DEFAULT_BATCH_SIZE = {"vllm": 1024, "hf": 8}
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -90,25 +90,12 @@ class EvalConfig:
             raise ValueError("no benchmark given (--benchmarks)")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise FileNotFoundError(f"--data-dir {self.data_dir} is not a directory")
-        check_model(self.model)
-
-
-def check_model(model: str) -> None:
-    """Fail early, with the fix, when ``model`` is neither a Hugging Face folder nor a hub id."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            return
-        if any(path.glob("model_world_size_*_rank_*.pt")) or (path / "huggingface").is_dir():
+        if Path(self.output).suffix.lower() == ".md":
             raise ValueError(
-                f"{model} is a verl checkpoint, not a Hugging Face model folder; convert it first with "
-                f"`python -m verl.model_merger merge --backend fsdp --local_dir {model} --target_dir <hf_dir>`"
+                f"--output {self.output} ends in .md, the name of the markdown table written next to the JSON; "
+                "give the JSON file, e.g. results/run.json"
             )
-        raise ValueError(f"{model} is not a Hugging Face model folder (no config.json)")
-    if path.exists():
-        raise ValueError(f"--model {model} is a file; expected a model folder or a hub id")
-    if model.startswith((".", "/", "~")) or not HUB_ID.match(model):
-        raise FileNotFoundError(f"model folder not found: {model}")
+        check_model(self.model)
 
 
 def benchmark_file(name: str, data_dir: str | None) -> Path | None:
@@ -238,8 +225,9 @@ def evaluate(config: EvalConfig) -> dict:
     """Sample, grade and report every benchmark of ``config``; write the JSON and markdown files."""
     from tqdm.auto import tqdm
 
-    from verl_restrain.generation import load_sampler, load_tokenizer, render_prompts, resolve_engine
+    from verl_restrain.generation import check_engine, load_sampler, load_tokenizer, render_prompts
 
+    engine = check_engine(config.engine)
     check_benchmarks(config.benchmarks, config.data_dir)
     data = {}
     for name in config.benchmarks:
@@ -247,7 +235,6 @@ def evaluate(config: EvalConfig) -> dict:
         if not rows:
             raise ValueError(f"{origin} has no rows")
         data[name] = (rows[: config.max_problems] if config.max_problems else rows, origin)
-    engine = resolve_engine(config.engine)
     batch_size = config.batch_size or DEFAULT_BATCH_SIZE[engine]
 
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)

@@ -7,8 +7,8 @@ engine during training; a :class:`Sampler` turns rendered prompts into n sampled
 Two engines implement :class:`Sampler`:
 
 * :class:`VLLMSampler` (GPU): one ``LLM.generate`` call per batch of prompts, tensor parallel over
-  the visible GPUs; every prompt gets its own sampling seed, so its completions do not depend on
-  which other prompts share its batch.
+  the visible GPUs (:func:`default_tensor_parallel_size` says how many are used); every prompt gets
+  its own sampling seed, so its completions do not depend on which other prompts share its batch.
 * :class:`HFSampler` (CPU or GPU): one batched ``model.generate`` call per batch, left padding,
   ``num_return_sequences=n``; the torch RNG is seeded at every call, so a call's completions depend
   only on its prompts, settings and seed, never on earlier calls.
@@ -20,12 +20,16 @@ model's own ``generation_config`` does not override them); generation stops at t
 tokens. ``temperature=0`` means greedy decoding, each prompt's completion repeated n times.
 
 :func:`load_sampler` picks the engine: ``auto`` is vLLM when it imports and a GPU is visible.
+:func:`check_engine` and :func:`check_model` report a missing vLLM or an unloadable ``--model`` before
+anything loads.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import re
+from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -38,6 +42,8 @@ __all__ = [
     "Sampler",
     "VLLMSampler",
     "as_chat",
+    "check_engine",
+    "check_model",
     "default_tensor_parallel_size",
     "load_sampler",
     "load_tokenizer",
@@ -48,6 +54,14 @@ __all__ = [
 ]
 
 ENGINES = ("auto", "vllm", "hf")
+
+# A Hugging Face hub id: ``org/name``.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# Files that hold a Hugging Face model's weights (safetensors, torch, sharded indices, TF, Flax, GGUF).
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.index.json", "*.h5", "*.msgpack", "*.gguf")
+
+VLLM_INSTALL_HINT = 'pip install -e ".[vllm]"'
 
 # Keys of ``data.apply_chat_template_kwargs`` that verl drops because it sets them itself.
 _RESERVED_TEMPLATE_KWARGS = ("tokenize", "return_dict", "return_tensors", "add_generation_prompt")
@@ -167,11 +181,111 @@ def resolve_engine(engine: str) -> str:
     return "hf"
 
 
-def default_tensor_parallel_size(num_gpus: int, num_attention_heads: int | None) -> int:
-    """The largest power of two <= ``num_gpus`` that divides the attention head count.
+def _missing_vllm_message() -> str:
+    return (
+        "engine 'vllm' requested but vLLM is not installed; on a GPU machine install verl's vLLM extra "
+        f"with `{VLLM_INSTALL_HINT}` in the verl-restrain checkout, or use --engine hf"
+    )
 
-    vLLM shards attention heads (and the MLP) evenly, so 8 GPUs serve a 28-head model (Qwen2.5-7B)
-    with tensor parallel size 4; powers of two also divide the usual hidden and KV-head sizes.
+
+def check_engine(engine: str) -> str:
+    """:func:`resolve_engine`, raising ValueError with the install command when vLLM is chosen but absent."""
+    resolved = resolve_engine(engine)
+    if resolved == "vllm" and not _vllm_importable():
+        raise ValueError(_missing_vllm_message())
+    return resolved
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(next(folder.glob(pattern), None) is not None for pattern in _WEIGHT_PATTERNS)
+
+
+def _is_verl_actor(folder: Path) -> bool:
+    """An FSDP checkpoint's ``actor`` folder: sharded weights and verl's ``fsdp_config.json``."""
+    return next(folder.glob("model_world_size_*_rank_*.pt"), None) is not None or (folder / "fsdp_config.json").is_file()
+
+
+def _latest_step(root: Path) -> Path | None:
+    """The ``global_step_N`` folder verl's ``latest_checkpointed_iteration.txt`` names, else the highest N."""
+    latest = root / "latest_checkpointed_iteration.txt"
+    if latest.is_file():
+        step = root / f"global_step_{latest.read_text(encoding='utf-8').strip()}"
+        if step.is_dir():
+            return step
+    steps = [p for p in root.glob("global_step_*") if p.is_dir() and p.name[len("global_step_") :].isdigit()]
+    return max(steps, key=lambda p: int(p.name[len("global_step_") :]), default=None)
+
+
+def _verl_actor_of(path: Path) -> Path | None:
+    """The actor folder of the verl checkpoint ``path`` points into, or None when it is not one.
+
+    ``path`` may be the checkpoint root (``trainer.default_local_dir``, latest step taken), a
+    ``global_step_N`` folder, its ``actor`` folder or ``actor/huggingface``.
+    """
+    if _is_verl_actor(path):
+        return path
+    if _is_verl_actor(path / "actor"):
+        return path / "actor"
+    if path.name == "huggingface" and _is_verl_actor(path.parent):
+        return path.parent
+    step = _latest_step(path)
+    if step is not None and _is_verl_actor(step / "actor"):
+        return step / "actor"
+    return None
+
+
+def check_model(model: str) -> None:
+    """Fail early, with the fix, when ``model`` is neither a loadable Hugging Face folder nor a hub id.
+
+    A local folder needs a ``config.json`` and weight files. verl 0.9.1's FSDP checkpoint manager
+    saves ``<trainer.default_local_dir>/global_step_N/actor/`` with the sharded weights
+    ``model_world_size_W_rank_R.pt``, ``fsdp_config.json`` and ``huggingface/``, which holds the
+    config and tokenizer but the weights only when ``checkpoint.save_contents`` includes ``hf_model``.
+    Pointed anywhere into such a checkpoint (the root, ``global_step_N``, ``actor`` or a weightless
+    ``actor/huggingface``), the error gives the merger command that writes a Hugging Face folder. A
+    path that does not exist is accepted when it looks like a hub id (``org/name``).
+
+    Raises:
+        FileNotFoundError: a local path that does not exist and is not a hub id.
+        ValueError: an existing path that is not a loadable model folder.
+    """
+    path = Path(model).expanduser()
+    if not path.exists():
+        if model.startswith((".", "/", "~")) or not HUB_ID.match(model):
+            raise FileNotFoundError(
+                f"model folder not found: {model} (expected a Hugging Face model folder or a hub id such as "
+                "Qwen/Qwen3-4B-Base)"
+            )
+        return
+    if not path.is_dir():
+        raise ValueError(f"--model {model} is a file; expected a model folder or a hub id")
+    if (path / "config.json").is_file() and _has_weights(path):
+        return
+    actor = _verl_actor_of(path)
+    if actor is not None:
+        saved_hf = actor / "huggingface"
+        hint = ""
+        if saved_hf != path and (saved_hf / "config.json").is_file() and _has_weights(saved_hf):
+            hint = f", or pass --model {saved_hf}, which holds the full weights"
+        raise ValueError(
+            f"{model} is a verl checkpoint, not a Hugging Face model folder; convert it first with "
+            f"`python -m verl.model_merger merge --backend fsdp --local_dir {actor} --target_dir <hf_dir>`{hint}"
+        )
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{model} is not a Hugging Face model folder (no config.json)")
+    raise ValueError(f"{model} has a config.json but no weight files ({', '.join(_WEIGHT_PATTERNS)})")
+
+
+def default_tensor_parallel_size(num_gpus: int, num_attention_heads: int | None) -> int:
+    """The tensor parallel size vLLM gets when none is given.
+
+    It is the largest power of two that is at most ``num_gpus`` and divides ``num_attention_heads``
+    (the largest power of two <= ``num_gpus`` when the head count is unknown): vLLM shards attention
+    heads evenly, and powers of two also divide the usual hidden and KV-head sizes. GPUs beyond that
+    size stay idle: 8 GPUs serve a 28-head model (Qwen2.5-7B) with size 4, and 3 GPUs never use more
+    than 2. vLLM's offline ``LLM`` does not run data parallel in one process (vLLM refuses
+    ``LLM(data_parallel_size > 1)`` since vllm-project/vllm#27282), so to use every GPU run one shard
+    per GPU instead: ``restrain-score-prompts ... --ray --num-shards <GPUs> --ray-gpus-per-shard 1``.
     """
     if num_gpus < 1:
         raise ValueError("the vLLM engine needs at least one visible GPU")
@@ -272,7 +386,11 @@ class HFSampler:
 
 
 class VLLMSampler:
-    """Sampling with vLLM's offline ``LLM`` engine, tensor parallel over the visible GPUs."""
+    """Sampling with vLLM's offline ``LLM`` engine, tensor parallel over the visible GPUs.
+
+    ``tensor_parallel_size`` defaults to :func:`default_tensor_parallel_size` of the visible GPUs and
+    the model's attention heads, which can leave GPUs idle; see there.
+    """
 
     def __init__(
         self,
@@ -346,6 +464,6 @@ def load_sampler(model: str, engine: str = "auto", **engine_kwargs: Any) -> Samp
     resolved = resolve_engine(engine)
     if resolved == "vllm":
         if not _vllm_importable():
-            raise ImportError("engine 'vllm' requested but vLLM is not installed (pip install 'verl[vllm]')")
+            raise ImportError(_missing_vllm_message())
         return VLLMSampler(model, **engine_kwargs)
     return HFSampler(model, **engine_kwargs)
