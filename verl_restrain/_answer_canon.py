@@ -41,10 +41,22 @@ _LAYOUT = re.compile(
 _FRAC_VARIANTS = re.compile(r"\\[dtc]frac(?![a-zA-Z])")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree(?![a-zA-Z])")
 _PERCENT = re.compile(r"\\?%")
-# A unit is words in \text/\mbox; \text{i} is the imaginary unit, not a unit of measure.
+# As in Math-Verify (which reads \mathrm, \mathit, \mathbf, \textrm, ... as \text): a unit is words
+# in a text command at the end. But \mathrm{i} and \mathrm{e} are the imaginary unit and Euler's
+# number, not units of measure.
 _TRAILING_UNIT = re.compile(
-    r"\\(?:text|mbox)\s*\{(?!\s*[ij]\s*\})\s*[a-zA-Z][^{}]*\}(?:\s*\^\s*\{?\d\}?)?\s*$"
+    r"\\(?:text(?:normal|rm|bf|it)?|math(?:rm|it|bf)|mbox)\s*\{(?!\s*[eij]\s*\})\s*[a-zA-Z][^{}]*\}"
+    r"(?:\s*\^\s*\{?\d\}?)?\s*$"
 )
+# Unit words written bare after a number ("5 cm", from a sentence answer): the words of several
+# letters from Math-Verify's unit list that name units of measure, plural "s"/"es" allowed. Its
+# one-letter units ("m", "s", "t") are left out: bare, they are as often variables.
+_BARE_UNITS = (
+    "feet|foot|ft|inch|inches|yard|mile|mph|kmph|kmh|km|cm|mm|dm|metre|meter|mtr|acre|hectare|"
+    "kg|gm|lb|pound|gallon|gal|liter|litre|cc|sq|cu|ohm|sec|second|min|minute|hr|hour|day|month|"
+    "yr|year|degree|deg|cent|rupee|rs|unit"
+)
+_TRAILING_BARE_UNIT = re.compile(rf"(?<=[\d}}])\s*(?:{_BARE_UNITS})(?:e?s)?\s*$")
 _TEXT_CONJUNCTION = re.compile(r",?\s*\\(?:text|mbox|mathrm)\s*\{\s*(?:and|or)\s*\}\s*")
 _CONJUNCTION = re.compile(r"(?<![a-zA-Z\\])\s*,?\s*\b(?:and|or)\b(?![a-zA-Z])\s*")
 _TEXT_COMMANDS = re.compile(
@@ -181,7 +193,7 @@ def _rewrite(text: str) -> str:
     text = _braced_shorthand(text, "\\sqrt", 1)
     text = _DEGREES.sub("", text)
     text = _PERCENT.sub("", text)
-    without_unit = _TRAILING_UNIT.sub("", text).strip()
+    without_unit = _TRAILING_BARE_UNIT.sub("", _TRAILING_UNIT.sub("", text)).strip()
     if without_unit:
         text = without_unit
     text = _TEXT_CONJUNCTION.sub(", ", text)
@@ -212,7 +224,9 @@ def canonical_math(answer: str) -> str | None:
     - ``\\dfrac``/``\\tfrac``/``\\cfrac`` -> ``\\frac``; ``\\frac12`` -> ``\\frac{1}{2}``,
       ``\\sqrt2`` -> ``\\sqrt{2}``;
     - degrees (``^\\circ``, ``°``) and percent signs dropped: "50\\%" is "50", not "0.5";
-    - a trailing ``\\text{...}`` after something else is a unit and dropped (``5\\text{ cm}`` -> 5);
+    - a unit at the end after something else is dropped, as Math-Verify drops it: words in a text
+      command (``5\\text{ cm}``, ``5\\,\\mathrm{cm}``, ``5\\mathrm{~cm}``, ``5\\mbox{ m}^2`` -> 5), or a
+      unit word of several letters right after a number or brace ("5 cm", "5km" -> 5);
       other ``\\text{}``/``\\mathrm{}``/``\\mathbf{}`` wrappers are unwrapped;
       "and"/"or" between items become commas;
     - a bare number with thousands separators loses them ("1,000" and "1{,}000" -> "1000"), but
