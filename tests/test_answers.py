@@ -293,6 +293,12 @@ def test_expressions_with_variables(gold, pred, expected):
         ("Answer: 0.5.", "0.5"),
         ("The answer is \\(x = 3\\)", "3"),
         ("The answer is that we need more information.", None),
+        ("Hence answer is 13.", "13"),
+        ("My answer is $7$", "7"),
+        ("**Final Answer**\n42", "42"),
+        ("**Final Answer**\n\n$\\frac{1}{2}$", "\\frac{1}{2}"),
+        ("Final Answer\nWe still need more work.", None),
+        ("Whether the answer is correct is unclear.", None),
         # Empty or absent answers
         ("", None),
         ("I do not know.", None),
@@ -322,6 +328,21 @@ def test_extract_math(response, expected):
         ("\\boxed{42}\nAnswer: D", "D"),
         # The last statement wins
         ("The answer is A. Wait, no. The answer is B.", "B"),
+        # A bare letter after "answer" stands alone: end, line break, punctuation, closing bracket
+        ("Answer: A", "A"),
+        ("The answer is I.", "I"),
+        ("Answer: B, since the others fail.", "B"),
+        ("The answer is D) 12 m/s", "D"),
+        ("The correct answer is B\n\nThis follows from the first law.", "B"),
+        ("Answer: (C) because of symmetry", "C"),
+        ("Answer - E!", "E"),
+        ("Final: C", "C"),
+        # ... not when it starts a word or a sentence
+        ("Answer: I think it's B", None),
+        ("In the answer I gave, B is wrong. Final: C", "C"),
+        ("The answer is A train leaves the station.", None),
+        ("The answer is A good guess would be 5.", None),
+        ("Answer: Both are possible", None),
         # Not an option letter
         ("\\boxed{K}", None),
         ("A train leaves the station.", None),

@@ -31,16 +31,18 @@ _FAR_BOX_GAP = 70
 _BOX_SEPARATOR = re.compile(r"\b(?:and|or)\b|,|;")
 
 _ANSWER_SENTENCE = re.compile(
-    r"(?:final\s+answer|the\s+answer)\s*(?:is|:|=)\s*:?\s*|\banswer\s*:\s*", re.IGNORECASE
+    r"(?:final\s+answer|\banswer)\s*(?:is\b|:|=)\s*:?\s*|final\s+answer[ \t]*\n\s*", re.IGNORECASE
 )
 _MATH_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
 # Two plain words in a row ("because the", "is not") mean the sentence went on in prose.
 _PROSE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}\s+[a-zA-Z]{2,}")
 
+# A bare letter counts only when it stands alone: "Answer: I think it's B" is not option I, nor is
+# "The answer is A train ..." option A.
 _LETTER_AFTER_ANSWER = re.compile(
-    r"(?i:answer)\s*(?:(?i:is)\s*)?[:\-]?\s*(?:(?i:option|choice)\s*)?"
-    r"(?:\(\s*([A-Ja-j])\s*\)|([A-J]))(?![A-Za-z0-9])"
+    r"(?:(?i:answer)\s*(?:(?i:is)\s*)?[:\-]?|(?i:final)\s*:)\s*(?:(?i:option|choice)\s*)?"
+    r"(?:\(\s*([A-Ja-j])\s*\)|([A-J])(?=[ \t]*(?:$|[\n.,;:!?)\]}])))"
 )
 _LETTER_ALONE = re.compile(r"\(?\s*([A-J])\s*\)?\.?")
 _LETTER_FRAGMENT = re.compile(r"\(\s*([A-Ja-j])\s*\)(?:[\s.:,].*)?|([A-J])(?:[\s.:,)].*)?|([a-j])[.:)]?", re.DOTALL)
@@ -166,8 +168,8 @@ def _delimited(text: str) -> str | None:
 def answer_sentence(text: str) -> str | None:
     """Answer stated in words, used when a response has no box.
 
-    Takes the last "final answer is X", "the answer is X" or "Answer: X" in the final
-    ``TAIL_CHARS`` characters. X is the math right after it (``$...$``, ``\\(...\\)``, ``\\[...\\]``)
+    Takes the last "final answer is X", "(the) answer is X", "Answer: X" or a "Final Answer" heading
+    followed by X on the next line, in the final ``TAIL_CHARS`` characters (``**`` removed). X is the math right after it (``$...$``, ``\\(...\\)``, ``\\[...\\]``)
     or else the text up to the end of the sentence or line. Prose ("the answer is that we need...")
     and anything longer than ``MAX_SENTENCE_ANSWER_CHARS`` is not taken.
     """
@@ -213,8 +215,10 @@ def choice_from_text(text: str) -> str | None:
     """Option letter for a multiple-choice response.
 
     In order: the letter in the last box (``\\boxed{B}``, ``\\boxed{\\text{(B)}}``); the letter after
-    the last "answer" in the final ``TAIL_CHARS`` characters ("The answer is (B)", "Answer: B",
-    "answer is option C"); a last line holding nothing but a letter ("(B)", "**C**").
+    the last "answer" or "final:" in the final ``TAIL_CHARS`` characters ("The answer is (B)",
+    "Answer: B", "answer is option C", "Final: C"), in parentheses or standing alone (followed by
+    the end, a line break, punctuation or a closing bracket, so not "Answer: I think it's B"); a
+    last line holding nothing but a letter ("(B)", "**C**").
     """
     boxed = last_boxed(text)
     if boxed is not None:
