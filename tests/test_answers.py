@@ -557,3 +557,17 @@ def test_benchmark_script_runs_small():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "same partitions: 3/3 groups" in result.stdout
     assert "speed-up:" in result.stdout
+    assert "speed-up bar: 50x" in result.stdout
+
+
+def test_benchmark_script_fails_when_the_speedup_bar_is_missed():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_answers.py"), "--groups", "1", "--group-size", "2",
+         "--min-speedup", "1e9"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "speed-up bar: 1e+09x: MISSED" in result.stdout
+    assert "same partitions: 1/1 groups" in result.stdout
