@@ -152,9 +152,11 @@ def extract_answer(response: str, kind: str = "math") -> str | None:
 
     ``math``: the content of the last box (``\\boxed{}``/``\\fbox{}``, braces matched; adjacent boxes
     joined as in Math-Verify; an unclosed last box is skipped); without a box, the last "final
-    answer is X" / "the answer is X" / "Answer: X" in the last 2,000 characters.
-    ``choice``: a letter A-J from the last box, else from "the answer is (B)" / "Answer: B", else
-    from a last line that is only a letter.
+    answer is X" / "(the) answer is X" / "Answer: X" / "Final Answer" heading over X in the last
+    2,000 characters.
+    ``choice``: a letter A-J from the last box, else from "the answer is (B)" / "Answer: B" /
+    "Final: B" (a bare letter only when it stands alone), else from a last line that is only a
+    letter.
     """
     _check_kind(kind)
     if not isinstance(response, str):
@@ -193,7 +195,8 @@ def cluster_extracted(answers: Sequence[str | None], kind: str = "math") -> list
 
     Returns one id per answer: -1 for None or "", otherwise ids 0, 1, 2, ... numbered by first
     appearance. Equal strings share an id without any comparison; distinct strings are joined by
-    union-find over ``same_answer`` (each pair compared at most once, pairs already joined skipped).
+    union-find over ``same_answer`` (each pair compared at most once, pairs already joined skipped),
+    all pairs of the call sharing one ``SYMPY_BUDGET_S`` for Math-Verify.
     """
     _check_kind(kind)
     distinct: dict[str, int] = {}
