@@ -312,12 +312,57 @@ def no_model(monkeypatch):
         (dict(num_shards=2, shard_index=2), r"--shard-index must be in \[0, 2\)"),
         (dict(top_p=0.0), r"--top-p must be in \(0, 1\]"),
         (dict(answer_kind="code"), "--answer-kind must be auto, math or choice"),
+        (dict(model="./no/such/model"), "--model: model folder not found: ./no/such/model"),
+        (dict(model="no_such_model", input="missing.parquet"), "--model: model folder not found: no_such_model"),
     ],
 )
 def test_clear_errors_before_any_model_loads(change, message, model_dir, input_path, tmp_path, no_model):
     change = {k: str(input_path) if v == "INPUT" else v for k, v in change.items()}
     with pytest.raises(ScoringInputError, match=message):
         score_prompts(make_config(model_dir, input_path, tmp_path, **change))
+
+
+def test_verl_checkpoint_as_model_names_the_merger(input_path, tmp_path, no_model):
+    actor = tmp_path / "ckpt" / "global_step_3" / "actor"
+    (actor / "huggingface").mkdir(parents=True)
+    (actor / "model_world_size_1_rank_0.pt").write_bytes(b"")
+    (actor / "huggingface" / "config.json").write_text("{}", encoding="utf-8")
+    merge = f"python -m verl.model_merger merge --backend fsdp --local_dir {actor} --target_dir <hf_dir>"
+    for model in (actor.parent, actor, actor / "huggingface"):
+        with pytest.raises(ScoringInputError, match="is a verl checkpoint") as error:
+            make_config(str(model), input_path, tmp_path)
+        assert merge in str(error.value)
+
+
+def test_missing_vllm_is_a_clean_error_before_anything_is_written(
+    model_dir, input_path, tmp_path, no_model, monkeypatch
+):
+    from verl_restrain import generation
+
+    monkeypatch.setattr(generation, "_vllm_importable", lambda: False)
+    config = make_config(model_dir, input_path, tmp_path, engine="vllm")
+    with pytest.raises(ScoringInputError, match=r'vLLM is not installed.*pip install -e "\.\[vllm\]"'):
+        score_prompts(config)
+    assert not config.parts_dir.exists()
+
+
+def test_failed_model_load_does_not_block_a_corrected_rerun(reference, tmp_path, monkeypatch):
+    """A run that dies before its first checkpoint leaves settings.json but no batch; other settings take over."""
+    config, _, output, samples = reference
+    first = replace(config, output=str(tmp_path / "out.parquet"), samples_output=str(tmp_path / "s.parquet"))
+    broken = replace(first, temperature=0.7, engine_kwargs={"dtype": "float16"})
+
+    def fail_to_load(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory while loading")
+
+    monkeypatch.setattr(scoring, "load_sampler", fail_to_load)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        score_prompts(broken)
+    assert (broken.parts_dir / "settings.json").is_file() and not list(broken.parts_dir.glob("batch-*"))
+    monkeypatch.undo()
+    score_prompts(first)
+    assert Path(first.output).read_bytes() == output
+    assert Path(first.samples_output).read_bytes() == samples
 
 
 def test_empty_dataset_is_an_error(model_dir, input_path, tmp_path, no_model):
@@ -360,6 +405,14 @@ def test_cli_runs_and_prints_the_summary(model_dir, input_path, tmp_path, capsys
     assert record["answer_kind_map"] == {"aime24": "choice"}
     assert record["apply_chat_template_kwargs"] == {"enable_thinking": False}
     assert Path(f"{output}.parts", "settings.json").is_file()
+
+
+def test_cli_rejects_a_bad_model_before_reading_the_input(tmp_path, capsys):
+    argv = ["--input", str(tmp_path / "missing.parquet"), "--output", str(tmp_path / "o.parquet"), "--model", "./nope"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "--model: model folder not found: ./nope" in capsys.readouterr().err
 
 
 def test_progress_bar_counts_prompts(model_dir, input_path, tmp_path, capsys):

@@ -126,6 +126,19 @@ def test_work_dir_resume_and_refusal(tmp_path):
     assert json.loads((work.path / "settings.json").read_text())["n"] == 4
 
 
+def test_work_dir_takes_other_settings_while_no_batch_is_done(tmp_path):
+    """A run that failed before its first checkpoint (say, its model did not load) blocks nothing."""
+    work = WorkDir(tmp_path / "out.parquet.parts")
+    work.open({"engine": "vllm", "n": 2}, resume=True)
+    assert not work.has_batches()
+    WorkDir(work.path).open({"engine": "hf", "n": 2}, resume=True)
+    assert json.loads((work.path / "settings.json").read_text())["engine"] == "hf"
+    work.write_batch(0, checkpoint([0, 1]))
+    assert work.has_batches()
+    with pytest.raises(ScoringInputError, match=r"other settings \(engine: checkpoint 'hf', now 'vllm'\)"):
+        WorkDir(work.path).open({"engine": "vllm", "n": 2}, resume=True)
+
+
 def test_work_dir_never_deletes_a_foreign_directory(tmp_path):
     foreign = tmp_path / "precious"
     foreign.mkdir()

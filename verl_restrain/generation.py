@@ -202,7 +202,8 @@ def _has_weights(folder: Path) -> bool:
 
 def _is_verl_actor(folder: Path) -> bool:
     """An FSDP checkpoint's ``actor`` folder: sharded weights and verl's ``fsdp_config.json``."""
-    return next(folder.glob("model_world_size_*_rank_*.pt"), None) is not None or (folder / "fsdp_config.json").is_file()
+    shards = next(folder.glob("model_world_size_*_rank_*.pt"), None)
+    return shards is not None or (folder / "fsdp_config.json").is_file()
 
 
 def _latest_step(root: Path) -> Path | None:

@@ -27,7 +27,9 @@ Never losing work: every finished batch is checkpointed in ``<output>.parts/``
 from (seed, b) alone, and a shard is a contiguous range of batches, so resumed, sharded and merged
 runs all give the unsharded, uninterrupted result. Outputs only ever appear complete (atomic
 rename); the input is never written. The work directory is removed after success unless
-``keep_parts``.
+``keep_parts``. Resuming is the default; once a batch is checkpointed, a rerun with settings that
+change the samples is refused (sigma/center do not: they only reshape u_x), while a run that failed
+before its first checkpoint (a model that did not load) leaves nothing that blocks a corrected rerun.
 """
 
 from __future__ import annotations
@@ -43,7 +45,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from verl_restrain import __version__, defaults
-from verl_restrain.generation import ENGINES, as_chat, load_sampler, load_tokenizer, render_prompts, resolve_engine
+from verl_restrain.generation import (
+    ENGINES,
+    as_chat,
+    check_engine,
+    check_model,
+    load_sampler,
+    load_tokenizer,
+    render_prompts,
+    resolve_engine,
+)
 from verl_restrain.scoring_io import (
     CHECKPOINT_SCHEMA,
     ScoringInputError,
@@ -136,6 +147,10 @@ class ScoringConfig:
             if kind not in ANSWER_KINDS:
                 raise ScoringInputError(f"--answer-kind-map {source}={kind}: the kind must be math or choice")
         self._check_paths()
+        try:
+            check_model(self.model)
+        except (ValueError, FileNotFoundError) as error:
+            raise ScoringInputError(f"--model: {error}") from None
 
     def _check_paths(self) -> None:
         paths = {"--input": self.input, "--output": self.output, "--samples-output": self.samples_output}
@@ -294,7 +309,10 @@ def score_prompts(config: ScoringConfig) -> dict:
     default); checkpoints made with other settings make it stop with an error.
     """
     table = _read_input(config)
-    engine = resolve_engine(config.engine)
+    try:
+        engine = check_engine(config.engine)
+    except ValueError as error:
+        raise ScoringInputError(str(error)) from None
     batch_size = config.batch_size or DEFAULT_BATCH_SIZE[engine]
     plan = plan_shard(table.num_rows, batch_size, config.num_shards, config.shard_index)
     kinds = answer_kinds(table, config.answer_kind, config.answer_kind_map)

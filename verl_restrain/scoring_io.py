@@ -6,7 +6,8 @@ A shard is a contiguous range of batches, so shard outputs joined in order equal
 output. Every finished batch is written to the work directory as ``batch-<b>.parquet`` by
 write-to-temp, fsync, rename: a file with that name is always complete, whatever moment a crash hits.
 The work directory also holds ``settings.json``, the settings that determine the samples; resuming
-with other settings is refused.
+with other settings is refused once a batch is checkpointed (before that, as after a model that
+failed to load, the new settings replace the old).
 """
 
 from __future__ import annotations
@@ -165,7 +166,8 @@ class WorkDir:
     def open(self, settings: dict, *, resume: bool) -> None:
         """Create the directory, or check that an existing one was made with the same settings.
 
-        With ``resume=False`` an existing work directory of this job is emptied first.
+        Other settings are refused once a batch is checkpointed; before that they replace the recorded
+        ones. With ``resume=False`` an existing work directory of this job is emptied first.
         """
         settings_path = self.path / SETTINGS_FILE
         settings = json.loads(json.dumps(settings))  # compare as recorded: tuples become lists
@@ -179,6 +181,11 @@ class WorkDir:
             for stale in self.path.glob(".*.tmp"):  # half-written by a killed run
                 stale.unlink(missing_ok=True)
             recorded = json.loads(settings_path.read_text(encoding="utf-8"))
+            if recorded != settings and not self.has_batches():
+                # Nothing was sampled with the old settings (say the model failed to load): a
+                # corrected rerun simply takes the directory over.
+                atomic_write_text(json.dumps(settings, indent=1, sort_keys=True), settings_path)
+                return
             if recorded != settings:
                 changed = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
                 details = "; ".join(f"{k}: checkpoint {recorded.get(k)!r}, now {settings.get(k)!r}" for k in changed)
@@ -190,6 +197,10 @@ class WorkDir:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(json.dumps(settings, indent=1, sort_keys=True), settings_path)
+
+    def has_batches(self) -> bool:
+        """Whether any batch of any shard is checkpointed here."""
+        return next(self.path.glob("batch-*.parquet"), None) is not None
 
     def finished_batches(self, plan: ShardPlan) -> set[int]:
         """Batches of ``plan`` whose checkpoint file exists (each one complete by construction)."""
