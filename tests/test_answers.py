@@ -337,6 +337,9 @@ def test_extract_math(response, expected):
         ("Answer: (C) because of symmetry", "C"),
         ("Answer - E!", "E"),
         ("Final: C", "C"),
+        # B-H and J before a lower-case word (A and I are English words)
+        ("The answer is B because the force doubles.", "B"),
+        ("Answer: C since only it is conserved", "C"),
         # ... not when it starts a word or a sentence
         ("Answer: I think it's B", None),
         ("In the answer I gave, B is wrong. Final: C", "C"),

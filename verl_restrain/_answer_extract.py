@@ -38,11 +38,12 @@ _SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
 # Two plain words in a row ("because the", "is not") mean the sentence went on in prose.
 _PROSE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}\s+[a-zA-Z]{2,}")
 
-# A bare letter counts only when it stands alone: "Answer: I think it's B" is not option I, nor is
-# "The answer is A train ..." option A.
+# A bare letter counts when it stands alone: "Answer: I think it's B" is not option I, nor is
+# "The answer is A train ..." option A. Followed by a lower-case word it counts too, except for A and
+# I, which are English words: "The answer is B because ..." is option B.
 _LETTER_AFTER_ANSWER = re.compile(
     r"(?:(?i:answer)\s*(?:(?i:is)\s*)?[:\-]?|(?i:final)\s*:)\s*(?:(?i:option|choice)\s*)?"
-    r"(?:\(\s*([A-Ja-j])\s*\)|([A-J])(?=[ \t]*(?:$|[\n.,;:!?)\]}])))"
+    r"(?:\(\s*([A-Ja-j])\s*\)|([A-J])(?=[ \t]*(?:$|[\n.,;:!?)\]}]))|([B-HJ])(?=[ \t]+[a-z]))"
 )
 _LETTER_ALONE = re.compile(r"\(?\s*([A-J])\s*\)?\.?")
 _LETTER_FRAGMENT = re.compile(r"\(\s*([A-Ja-j])\s*\)(?:[\s.:,].*)?|([A-J])(?:[\s.:,)].*)?|([a-j])[.:)]?", re.DOTALL)
@@ -217,7 +218,8 @@ def choice_from_text(text: str) -> str | None:
     In order: the letter in the last box (``\\boxed{B}``, ``\\boxed{\\text{(B)}}``); the letter after
     the last "answer" or "final:" in the final ``TAIL_CHARS`` characters ("The answer is (B)",
     "Answer: B", "answer is option C", "Final: C"), in parentheses or standing alone (followed by
-    the end, a line break, punctuation or a closing bracket, so not "Answer: I think it's B"); a
+    the end, a line break, punctuation or a closing bracket, so not "Answer: I think it's B"), or
+    B-H/J before a lower-case word ("The answer is B because ..."); a
     last line holding nothing but a letter ("(B)", "**C**").
     """
     boxed = last_boxed(text)
@@ -230,7 +232,7 @@ def choice_from_text(text: str) -> str | None:
     for last in _LETTER_AFTER_ANSWER.finditer(tail):
         pass
     if last is not None:
-        return (last.group(1) or last.group(2)).upper()
+        return (last.group(1) or last.group(2) or last.group(3)).upper()
     lines = tail.rstrip().rsplit("\n", 1)
     alone = _LETTER_ALONE.fullmatch(lines[-1].strip()) if lines else None
     return alone.group(1) if alone else None
