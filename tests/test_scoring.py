@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -428,15 +429,102 @@ def test_input_is_never_modified(reference, input_path):
     assert pq.read_schema(input_path).metadata == {b"dataset": b"tiny"}
 
 
+class InlineRay:
+    """Stands in for Ray's task API: tasks run in this process; records the GPUs each task asks for."""
+
+    def __init__(self, cluster_gpus: float):
+        self.cluster_gpus = cluster_gpus
+        self.num_gpus = []
+
+    def cluster_resources(self):
+        return {"CPU": 2.0, "GPU": self.cluster_gpus} if self.cluster_gpus else {"CPU": 2.0}
+
+    def remote(self, num_gpus):
+        self.num_gpus.append(num_gpus)
+        return lambda function: SimpleNamespace(remote=lambda *args: (function, args))
+
+    def get(self, calls):
+        from ray.exceptions import RayTaskError
+
+        results = []
+        for function, args in calls:
+            try:
+                results.append(function(*args))
+            except Exception as error:  # Ray wraps a task's exception like this
+                raise RayTaskError(function.__name__, "traceback", error) from None
+        return results
+
+
+@pytest.fixture
+def inline_ray(monkeypatch):
+    import ray
+
+    def install(cluster_gpus: float = 0) -> InlineRay:
+        fake = InlineRay(cluster_gpus)
+        for name in ("cluster_resources", "remote", "get"):
+            monkeypatch.setattr(ray, name, getattr(fake, name))
+        monkeypatch.setattr(ray, "is_initialized", lambda: True)
+        return fake
+
+    return install
+
+
+def test_ray_with_one_shard_writes_the_output_itself(reference, tmp_path, inline_ray):
+    """--ray with the default --num-shards 1: one task writes --output as a plain run does, nothing left over."""
+    config, _, output, samples = reference
+    fake = inline_ray()
+    single = replace(config, output=str(tmp_path / "o.parquet"), samples_output=str(tmp_path / "s.parquet"))
+    summary = scoring.score_prompts_on_ray(single)
+    assert summary["prompts"] == NUM_ROWS and fake.num_gpus == [0]
+    assert Path(single.output).read_bytes() == output
+    assert Path(single.samples_output).read_bytes() == samples
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.parquet", "s.parquet"]
+
+
+def test_ray_shards_merge_and_leave_no_shard_files(reference, tmp_path, inline_ray):
+    config, _, output, _ = reference
+    inline_ray()
+    fanned = replace(config, num_shards=3, output=str(tmp_path / "o.parquet"), samples_output=None)
+    scoring.score_prompts_on_ray(fanned)
+    assert Path(fanned.output).read_bytes() == output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.parquet"]
+
+
+@pytest.mark.parametrize(
+    "engine, cluster_gpus, expected",
+    [("auto", 0, 0), ("auto", 8, 1), ("hf", 0, 0), ("hf", 8, 1), ("vllm", 8, 1), ("vllm", 0, 1)],
+)
+def test_ray_gpus_per_shard_follow_the_cluster_not_the_driver(engine, cluster_gpus, expected, monkeypatch):
+    """A CPU-only head node does not decide: the cluster's GPUs do; each shard resolves auto itself."""
+    from verl_restrain import generation
+
+    monkeypatch.setattr(generation, "_visible_gpu_count", lambda: 0)  # the driver sees no GPU
+    assert scoring._default_gpus_per_shard(engine, cluster_gpus) == expected
+
+
+def test_ray_explicit_gpus_and_shard_errors(reference, tmp_path, inline_ray, monkeypatch):
+    """--ray-gpus-per-shard is honoured; a shard's input error reaches the caller as a ScoringInputError."""
+    from verl_restrain import generation
+
+    config, _, _, _ = reference
+    fake = inline_ray(cluster_gpus=8)
+    monkeypatch.setattr(generation, "_vllm_importable", lambda: False)
+    broken = replace(config, engine="vllm", output=str(tmp_path / "o.parquet"), samples_output=None)
+    with pytest.raises(ScoringInputError, match="vLLM is not installed"):
+        scoring.score_prompts_on_ray(broken, gpus_per_shard=2)
+    assert fake.num_gpus == [2]
+
+
 @pytest.mark.skipif(
     os.environ.get("RESTRAIN_SLOW_TESTS") != "1",
     reason="starts a local Ray instance and a worker that imports torch (~1 min on 2 cores); RESTRAIN_SLOW_TESTS=1 runs it",
 )
-def test_ray_fan_out_equals_the_unsharded_run(reference, tmp_path):
+@pytest.mark.parametrize("num_shards", [1, 2])
+def test_ray_fan_out_equals_the_unsharded_run(reference, tmp_path, num_shards):
     import ray
 
     config, _, output, samples = reference
-    fanned = replace(config, num_shards=2, output=str(tmp_path / "o.parquet"), samples_output=str(tmp_path / "s.parquet"))
+    fanned = replace(config, num_shards=num_shards, output=str(tmp_path / "o.parquet"), samples_output=str(tmp_path / "s.parquet"))
     ray.init(num_cpus=1, include_dashboard=False)
     try:
         scoring.score_prompts_on_ray(fanned)

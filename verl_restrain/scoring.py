@@ -53,7 +53,6 @@ from verl_restrain.generation import (
     load_sampler,
     load_tokenizer,
     render_prompts,
-    resolve_engine,
 )
 from verl_restrain.scoring_io import (
     CHECKPOINT_SCHEMA,
@@ -369,28 +368,46 @@ def shard_output_path(path: str, shard_index: int, num_shards: int) -> str:
     return f"{stem}.shard-{shard_index:05d}-of-{num_shards:05d}{suffix or '.parquet'}"
 
 
+def _default_gpus_per_shard(engine: str, cluster_gpus: float) -> float:
+    """One GPU per shard for vLLM, and for auto/hf when the Ray cluster has GPUs; else none.
+
+    A shard task that asks for no GPU still sees every GPU of its node (Ray leaves
+    ``CUDA_VISIBLE_DEVICES`` alone then), so shards on a GPU cluster each ask for one to avoid sharing.
+    """
+    if engine == "vllm":
+        return 1
+    return 1 if cluster_gpus >= 1 else 0
+
+
 def score_prompts_on_ray(
     config: ScoringConfig, *, address: str | None = None, gpus_per_shard: float | None = None
 ) -> dict:
-    """Run the ``config.num_shards`` shards as Ray tasks, merge them into ``config.output``.
+    """Run the ``config.num_shards`` shards as Ray tasks and merge them into ``config.output``.
 
     Shard k writes ``shard_output_path(config.output, k, S)`` with its own checkpoints, so rerunning
-    after a failure resumes every shard. Shard files must be on a file system that every Ray node
-    sees. ``gpus_per_shard`` defaults to 1 for vLLM and 0 for hf; ``address`` defaults to
-    ``RAY_ADDRESS`` or a local Ray instance.
+    after a failure resumes every shard; with one shard, the task writes ``config.output`` (and its
+    ``<output>.parts`` checkpoints) itself, as a run without Ray does. Shard files must be on a file
+    system that every Ray node sees. Each shard resolves ``--engine auto`` where it runs.
+    ``gpus_per_shard`` defaults to 1 when the engine is vllm or the cluster has GPUs, else 0 (a
+    CPU-only head node does not matter); ``address`` defaults to ``RAY_ADDRESS`` or a local Ray
+    instance.
     """
     import ray
+    from ray.exceptions import RayTaskError
 
     _read_input(config)
-    engine = resolve_engine(config.engine)
-    if gpus_per_shard is None:
-        gpus_per_shard = 1 if engine == "vllm" else 0
     if not ray.is_initialized():
         ray.init(address=address)
+    if gpus_per_shard is None:
+        cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        gpus_per_shard = _default_gpus_per_shard(config.engine, cluster_gpus)
+        if gpus_per_shard and cluster_gpus < 1:
+            logger.warning("the Ray cluster has no GPU: the shard tasks wait for one (--ray-gpus-per-shard 0: CPUs)")
+    logger.info("running %d shard(s) as Ray tasks with %s GPU(s) each", config.num_shards, gpus_per_shard)
     task = ray.remote(num_gpus=gpus_per_shard)(score_prompts)
 
     def shard_path(path: str | None, k: int) -> str | None:
-        return shard_output_path(path, k, config.num_shards) if path else None
+        return shard_output_path(path, k, config.num_shards) if path and config.num_shards > 1 else path
 
     shards = [
         replace(
@@ -403,14 +420,20 @@ def score_prompts_on_ray(
         )
         for k in range(config.num_shards)
     ]
-    ray.get([task.remote(shard) for shard in shards])
-    merge_shards([shard.output for shard in shards], config.output)
-    if config.samples_output:
-        merge_shards([shard.samples_output for shard in shards], config.samples_output)
-    for shard in shards:
-        for path in (shard.output, shard.samples_output):
-            if path:
-                Path(path).unlink(missing_ok=True)
+    try:
+        ray.get([task.remote(shard) for shard in shards])
+    except RayTaskError as error:
+        if isinstance(error.cause, ScoringInputError):
+            raise ScoringInputError(str(error.cause)) from None
+        raise
+    if config.num_shards > 1:
+        merge_shards([shard.output for shard in shards], config.output)
+        if config.samples_output:
+            merge_shards([shard.samples_output for shard in shards], config.samples_output)
+        for shard in shards:
+            for path in (shard.output, shard.samples_output):
+                if path:
+                    Path(path).unlink(missing_ok=True)
     summary = summarize(pq.read_table(config.output))
     if config.progress:
         print_summary(summary, config.output)

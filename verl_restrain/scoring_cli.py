@@ -106,9 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--keep-parts", action="store_true", help="keep the checkpoint directory after success")
     runs.add_argument("--num-shards", type=int, default=1)
     runs.add_argument("--shard-index", type=int, default=0)
-    runs.add_argument("--ray", action="store_true", help="run all --num-shards shards as Ray tasks, then merge")
+    runs.add_argument(
+        "--ray",
+        action="store_true",
+        help="run all --num-shards shards as Ray tasks, then merge (one shard: one task writes --output); "
+        "--engine auto is resolved on the node each shard runs on",
+    )
     runs.add_argument("--ray-address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    runs.add_argument("--ray-gpus-per-shard", type=float, help="GPUs per shard task (default: 1 with vllm, 0 with hf)")
+    runs.add_argument(
+        "--ray-gpus-per-shard",
+        type=float,
+        help="GPUs per shard task (default: 1 with --engine vllm or when the cluster has GPUs, else 0); "
+        "--num-shards <GPUs> --ray-gpus-per-shard 1 runs one vLLM copy per GPU (data parallel)",
+    )
     runs.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     return parser
 
