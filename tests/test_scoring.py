@@ -408,6 +408,19 @@ def test_cli_runs_and_prints_the_summary(model_dir, input_path, tmp_path, capsys
     assert Path(f"{output}.parts", "settings.json").is_file()
 
 
+def test_cli_resume_flag_is_the_default(model_dir, input_path, tmp_path, capsys):
+    from verl_restrain.scoring_cli import build_parser
+
+    base = ["--input", str(input_path), "--output", str(tmp_path / "o.parquet"), "--model", model_dir]
+    assert build_parser().parse_args(base).resume is True
+    assert build_parser().parse_args([*base, "--resume"]).resume is True
+    assert build_parser().parse_args([*base, "--no-resume"]).resume is False
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*base, "--resume", "--no-resume"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_cli_rejects_a_bad_model_before_reading_the_input(tmp_path, capsys):
     argv = ["--input", str(tmp_path / "missing.parquet"), "--output", str(tmp_path / "o.parquet"), "--model", "./nope"]
     with pytest.raises(SystemExit) as exit_info:

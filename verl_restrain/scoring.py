@@ -30,6 +30,15 @@ rename); the input is never written. The work directory is removed after success
 ``keep_parts``. Resuming is the default; once a batch is checkpointed, a rerun with settings that
 change the samples is refused (sigma/center do not: they only reshape u_x), while a run that failed
 before its first checkpoint (a model that did not load) leaves nothing that blocks a corrected rerun.
+
+Speed. With the HF engine on CPU, ``scripts/bench_scoring.py`` compares the whole job with a bare
+``model.generate`` loop over the same prompts (target: at most 1.10x). The vLLM path has not been
+measured on a GPU here; it is exercised only by tests that skip without vLLM and a GPU. As an
+unmeasured estimate: vLLM decodes on the order of 10^3 to 10^4 tokens/s per GPU for a 4B-8B model
+over a large batch, so 14k prompts x 16 samples x about 1k response tokens (some 2e8 tokens) is
+hours of one GPU. vLLM uses the tensor parallel size of
+:func:`verl_restrain.generation.default_tensor_parallel_size`, which can leave GPUs idle; to use every
+GPU, run one shard per GPU: ``--ray --num-shards <GPUs> --ray-gpus-per-shard 1``.
 """
 
 from __future__ import annotations

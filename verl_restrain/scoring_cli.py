@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Sample the frozen base model n times per prompt, vote with RESTRAIN's answer clustering, and "
             "add the prompt weight u_x = g(c_ref/n) and the vote counts to the dataset. Resumes from the "
-            "checkpoints in <output>.parts/ by default. Join shard outputs with: "
+            "checkpoints in <output>.parts/ by default (--resume). Join shard outputs with: "
             "restrain-score-prompts merge --output OUT SHARD..."
         ),
     )
@@ -70,7 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--model", required=True, help="base model: a local path or a hub id")
-    sampling.add_argument("--engine", default="auto", help="auto (vLLM if installed and a GPU is visible), vllm or hf")
+    sampling.add_argument(
+        "--engine",
+        default="auto",
+        help="auto (vLLM if installed and a GPU is visible), vllm or hf. vLLM's default tensor parallel size is the "
+        "largest power of two <= the visible GPUs that divides the attention heads (28 heads on 8 GPUs: 4, the "
+        "other 4 idle); set it with --engine-kwargs or use every GPU with --ray --num-shards <GPUs>",
+    )
     sampling.add_argument("--n", type=int, default=defaults.NUM_ROLLOUTS, help="samples per prompt")
     sampling.add_argument("--temperature", type=float, default=1.0, help="0 for greedy")
     sampling.add_argument("--top-p", type=float, default=1.0)
@@ -102,7 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     voting.add_argument("--sigma", type=float, default=defaults.SIGMA, help="width of g (default: the training default)")
     voting.add_argument("--center", type=float, default=defaults.CENTER, help="center of g (default: the training default)")
     runs = parser.add_argument_group("resuming, shards and Ray")
-    runs.add_argument("--no-resume", dest="resume", action="store_false", help="discard checkpoints, start over")
+    resume = runs.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume",
+        dest="resume",
+        action="store_true",
+        default=True,
+        help="reuse the batches checkpointed in the work directory by an earlier run with the same settings "
+        "(the default; a run with other settings is refused once a batch is checkpointed)",
+    )
+    resume.add_argument("--no-resume", dest="resume", action="store_false", help="discard checkpoints, start over")
     runs.add_argument("--keep-parts", action="store_true", help="keep the checkpoint directory after success")
     runs.add_argument("--num-shards", type=int, default=1)
     runs.add_argument("--shard-index", type=int, default=0)
