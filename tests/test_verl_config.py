@@ -127,6 +127,19 @@ def test_verls_own_config_takes_restrain_settings_as_new_keys(scored_file):
     assert validate_training_config(config) == RestrainConfig(weighting="majority", kappa=0)
 
 
+def test_verls_own_config_takes_a_preset_through_the_search_path(scored_file):
+    # The README's stock-config route to a preset: '+restrain_method=<name>' with this package's
+    # config module on Hydra's search path.
+    overrides = [*SWITCHES, "actor_rollout_ref.rollout.n=8", f"data.train_files={scored_file}",
+                 "+restrain_method=ttrl", "hydra.searchpath=[pkg://verl_restrain.config]"]
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        config = compose("ppo_trainer", overrides=overrides)
+    ttrl = METHODS["ttrl"]
+    assert validate_training_config(config) == RestrainConfig(
+        weighting=ttrl.weighting, kappa=0, use_prompt_weight=False, label_mode=ttrl.label_mode
+    )
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_preset_composes_mirrors_methods_and_validates(name, scored_file):
     config = compose_config(f"restrain_method={name}", f"data.train_files={scored_file}")
