@@ -20,10 +20,19 @@ work).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
 import torch
+
+
+BAR_A = 0.05
+BAR_B = 1.15
+
+
+def _verdict(ratio: float, bar: float) -> str:
+    return "met" if ratio <= bar else "MISSED"
 
 
 def _best_of(fns: dict, repeats: int) -> dict[str, float]:
@@ -91,11 +100,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"batch: {args.prompts} prompts x {args.rollouts} rollouts x {args.tokens} tokens, {args.threads} thread(s)")
     for name, seconds in timings.items():
         print(f"  {name:<22} {seconds * 1e3:9.2f} ms")
-    print(f"(a) per-rollout RESTRAIN / verl GRPO           = {ratio_a:.4f}  (bar <= 0.05)")
-    print(f"(b) RESTRAIN estimator / token-tensor floor    = {ratio_b:.4f}  (bar <= 1.15)")
+    print(f"(a) per-rollout RESTRAIN / verl GRPO           = {ratio_a:.4f}  (bar <= {BAR_A}: {_verdict(ratio_a, BAR_A)})")
+    print(f"(b) RESTRAIN estimator / token-tensor floor    = {ratio_b:.4f}  (bar <= {BAR_B}: {_verdict(ratio_b, BAR_B)})")
     print(f"    RESTRAIN estimator / plain fill (reference) = {timings['restrain_estimator'] / timings['plain_fill']:.4f}")
     return {"ratio_a": ratio_a, "ratio_b": ratio_b, **timings}
 
 
 if __name__ == "__main__":
-    main()
+    result = main()
+    sys.exit(0 if result["ratio_a"] <= BAR_A and result["ratio_b"] <= BAR_B else 1)
