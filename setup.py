@@ -49,13 +49,13 @@ setup(
     extras_require=EXTRAS_REQUIRE,
     entry_points={
         # verl imports every module of this group on `import verl`, in every process.
-        "verl.plugins": ["restrain = verl_restrain.verl_plugin"],
+        "verl.plugins": ["restrain = verl_restrain.adapters.plugin"],
         "console_scripts": [
             "restrain-sandbox = verl_restrain.sandbox.cli:main",
-            "restrain-score-prompts = verl_restrain.scoring_cli:main",
+            "restrain-score-prompts = verl_restrain.jobs.scoring.cli:main",
             "restrain-prepare-data = verl_restrain.data.prepare:main",
-            "restrain-evaluate = verl_restrain.evaluation:main",
-            "restrain-make-tables = verl_restrain.tables:main",
+            "restrain-evaluate = verl_restrain.jobs.evaluation:main",
+            "restrain-make-tables = verl_restrain.jobs.tables:main",
         ],
     },
     classifiers=[

@@ -252,7 +252,7 @@ restrain_train() {
 # by this package's answer checker. grpo_gold_train [HYDRA_OVERRIDE...]
 grpo_gold_train() {
     local reward_file
-    reward_file=$("$PYTHON" -c 'import verl_restrain.reward_score as m; print(m.__file__)')
+    reward_file=$("$PYTHON" -c 'import verl_restrain.adapters.reward_score as m; print(m.__file__)')
     common_overrides
     export VERL_FILE_LOGGER_ROOT=$LOG_DIR
     run_or_print "$PYTHON" -m verl.trainer.main_ppo \

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from omegaconf import OmegaConf
     from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage, get_adv_estimator_fn
 
-    import verl_restrain.verl_plugin  # noqa: F401  (registers the estimator)
+    import verl_restrain.adapters.plugin  # noqa: F401  (registers the estimator)
     from verl_restrain import defaults
     from verl_restrain.advantage import compute_restrain_advantage
 

@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     core = _pin_to_one_core(args.core)
     logging.disable(logging.WARNING)  # Math-Verify logs every timeout and parse failure
     from verl_restrain import answers
-    from verl_restrain._answer_sympy import warm_up
+    from verl_restrain.answers.sympy_pool import warm_up
 
     groups = build_groups(args.groups, args.group_size, args.seed)
     chars = [len(response) for group in groups for response in group]

@@ -7,10 +7,10 @@
 A verl FSDP checkpoint is converted to HF_DIR first with verl's merger:
     python -m verl.model_merger merge --backend fsdp --local_dir CKPT/global_step_N/actor --target_dir HF_DIR
 
-See ``verl_restrain.evaluation`` for the metrics and the output format.
+See ``verl_restrain.jobs.evaluation`` for the metrics and the output format.
 """
 
-from verl_restrain.evaluation import main
+from verl_restrain.jobs.evaluation import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

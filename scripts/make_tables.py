@@ -5,10 +5,10 @@
         --curve restrain=logs/restrain/qwen3_4b_base_restrain.jsonl --curve ttrl=logs/ttrl/... \
         --curves-png training_curves.png
 
-See ``verl_restrain.tables`` for the table layout and the log formats read.
+See ``verl_restrain.jobs.tables`` for the table layout and the log formats read.
 """
 
-from verl_restrain.tables import main
+from verl_restrain.jobs.tables import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -6,7 +6,7 @@
 
 import sys
 
-from verl_restrain.scoring_cli import main
+from verl_restrain.jobs.scoring.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

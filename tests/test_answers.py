@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from verl_restrain import answers
-from verl_restrain._answer_numeric import numeric_verdict
+from verl_restrain.answers.numeric import numeric_verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from verl_restrain import _answer_sympy, answers
+from verl_restrain import answers
+
+from verl_restrain.answers import sympy_pool as _answer_sympy
 
 TIME_BOUND_S = _answer_sympy.PAIR_TIMEOUT_S + 0.5
 """Per response: at most one Math-Verify comparison cut at ``PAIR_TIMEOUT_S``, plus killing the

@@ -8,9 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from verl_restrain import answers, evaluation, generation
+from verl_restrain import answers
+
+from verl_restrain.jobs import evaluation
+
+from verl_restrain.jobs import generation
 from verl_restrain.data.rows import Problem, make_row, write_rows
-from verl_restrain.evaluation import Graded, benchmark_metrics, grade_problem
+from verl_restrain.jobs.evaluation import Graded, benchmark_metrics, grade_problem
 
 
 @pytest.fixture(scope="module")

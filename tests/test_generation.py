@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from tiny_lm import make_tiny_model_dir
 
-from verl_restrain import generation
-from verl_restrain.generation import (
+from verl_restrain.jobs import generation
+from verl_restrain.jobs.generation import (
     HFSampler,
     check_engine,
     default_tensor_parallel_size,

@@ -157,7 +157,7 @@ def check_like_main_ppo(config, overrides: list[str]) -> None:
     typed_check(config, {o.split("=", 1)[0].lstrip("+~") for o in overrides})
     validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     if config.algorithm.adv_estimator == "restrain":
-        from verl_restrain.config import validate_training_config
+        from verl_restrain.adapters.settings import validate_training_config
 
         validate_training_config(config)
 

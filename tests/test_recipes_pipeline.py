@@ -18,8 +18,10 @@ import pyarrow.parquet as pq
 
 from test_recipes import compose_recipe, dry_run, scoring_commands, training_command
 
-from verl_restrain import defaults, evaluation
-from verl_restrain.scoring_cli import main as score_main
+from verl_restrain import defaults
+
+from verl_restrain.jobs import evaluation
+from verl_restrain.jobs.scoring.cli import main as score_main
 
 ROOT = Path(__file__).resolve().parents[1]
 DAPO_PREFIX = (

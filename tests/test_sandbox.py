@@ -235,7 +235,7 @@ def test_sandbox_calls_the_estimator_training_uses(monkeypatch):
 
 def test_sandbox_and_training_share_one_estimator_function():
     """Training's estimator and the sandbox reach the same function object, not a copy of it."""
-    from verl_restrain import estimator
+    from verl_restrain.adapters import estimator
 
     assert estimator.compute_restrain_advantage is advantage.compute_restrain_advantage
     # The sandbox binds the module, not the function, so it looks the estimator up at call time

@@ -21,12 +21,14 @@ import pyarrow.parquet as pq
 import pytest
 from tiny_lm import make_tiny_model_dir
 
-from verl_restrain import __version__, defaults, scoring
+from verl_restrain import __version__, defaults
+
+from verl_restrain.jobs import scoring
 from verl_restrain.advantage import prompt_weight
-from verl_restrain.scoring import ScoringConfig, ScoringInputError, score_prompts
-from verl_restrain.scoring_cli import main
-from verl_restrain.scoring_io import WorkDir, merge_shards, read_job_metadata
-from verl_restrain.scoring_votes import ANSWER_COUNTS_TYPE
+from verl_restrain.jobs.scoring import ScoringConfig, ScoringInputError, score_prompts
+from verl_restrain.jobs.scoring.cli import main
+from verl_restrain.jobs.scoring.io import WorkDir, merge_shards, read_job_metadata
+from verl_restrain.jobs.scoring.votes import ANSWER_COUNTS_TYPE
 
 REPO = Path(__file__).resolve().parent.parent
 NUM_ROWS = 10
@@ -338,7 +340,7 @@ def test_verl_checkpoint_as_model_names_the_merger(input_path, tmp_path, no_mode
 def test_missing_vllm_is_a_clean_error_before_anything_is_written(
     model_dir, input_path, tmp_path, no_model, monkeypatch
 ):
-    from verl_restrain import generation
+    from verl_restrain.jobs import generation
 
     monkeypatch.setattr(generation, "_vllm_importable", lambda: False)
     config = make_config(model_dir, input_path, tmp_path, engine="vllm")
@@ -409,7 +411,7 @@ def test_cli_runs_and_prints_the_summary(model_dir, input_path, tmp_path, capsys
 
 
 def test_cli_resume_flag_is_the_default(model_dir, input_path, tmp_path, capsys):
-    from verl_restrain.scoring_cli import build_parser
+    from verl_restrain.jobs.scoring.cli import build_parser
 
     base = ["--input", str(input_path), "--output", str(tmp_path / "o.parquet"), "--model", model_dir]
     assert build_parser().parse_args(base).resume is True
@@ -509,7 +511,7 @@ def test_ray_shards_merge_and_leave_no_shard_files(reference, tmp_path, inline_r
 )
 def test_ray_gpus_per_shard_follow_the_cluster_not_the_driver(engine, cluster_gpus, expected, monkeypatch):
     """A CPU-only head node does not decide: the cluster's GPUs do; each shard resolves auto itself."""
-    from verl_restrain import generation
+    from verl_restrain.jobs import generation
 
     monkeypatch.setattr(generation, "_visible_gpu_count", lambda: 0)  # the driver sees no GPU
     assert scoring._default_gpus_per_shard(engine, cluster_gpus) == expected
@@ -517,7 +519,7 @@ def test_ray_gpus_per_shard_follow_the_cluster_not_the_driver(engine, cluster_gp
 
 def test_ray_explicit_gpus_and_shard_errors(reference, tmp_path, inline_ray, monkeypatch):
     """--ray-gpus-per-shard is honoured; a shard's input error reaches the caller as a ScoringInputError."""
-    from verl_restrain import generation
+    from verl_restrain.jobs import generation
 
     config, _, _, _ = reference
     fake = inline_ray(cluster_gpus=8)

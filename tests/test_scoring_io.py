@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from verl_restrain import scoring_io
-from verl_restrain.scoring import shard_output_path
-from verl_restrain.scoring_io import (
+from verl_restrain.jobs.scoring import io as scoring_io
+from verl_restrain.jobs.scoring import shard_output_path
+from verl_restrain.jobs.scoring.io import (
     CHECKPOINT_SCHEMA,
     ScoringInputError,
     WorkDir,

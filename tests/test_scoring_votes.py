@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from verl_restrain import defaults
 from verl_restrain.advantage import prompt_weight
-from verl_restrain.scoring_votes import (
+from verl_restrain.jobs.scoring.votes import (
     ANSWER_COUNTS_TYPE,
     SAMPLES_SCHEMA,
     answer_kinds,

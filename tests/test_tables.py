@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from verl_restrain import tables
+from verl_restrain.jobs import tables
 
 SIX = ("math500", "aime24", "aime25", "amc23", "mmlu_stem", "gpqa_diamond")
 

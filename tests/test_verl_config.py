@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from verl_batches import SWITCHES, compose_config, updated
 
 from verl_restrain import defaults
-from verl_restrain.config import CONFIG_DIR, DEFAULT_ANSWER_KINDS, RestrainConfig, validate_training_config
+from verl_restrain.config import CONFIG_DIR
+from verl_restrain.adapters.settings import DEFAULT_ANSWER_KINDS, RestrainConfig, validate_training_config
 from verl_restrain.methods import METHODS
 
 PROMPT = [{"role": "user", "content": "What is 2 + 3?"}]

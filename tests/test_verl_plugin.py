@@ -10,7 +10,7 @@ REPORT_REGISTRIES = """
 from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
 from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 from verl.trainer.ppo.v1 import get_trainer_cls
-import verl_restrain.verl_plugin as plugin
+import verl_restrain.adapters.plugin as plugin
 print("estimator", get_adv_estimator_fn("restrain").__qualname__)
 print("reward_manager", get_reward_manager_cls("restrain").__qualname__)
 print("trainer", get_trainer_cls("restrain").__qualname__, get_trainer_cls("restrain").loop_mode)
@@ -26,7 +26,7 @@ import sys
 sys.modules["verl_restrain.advantage"] = None
 sys.modules["verl_restrain.answers"] = None
 import verl
-import verl_restrain.verl_plugin as plugin
+import verl_restrain.adapters.plugin as plugin
 from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
 from verl.trainer.ppo.v1 import get_trainer_cls
@@ -44,7 +44,7 @@ for name, use in [
 
 SCRIPTS = {
     "verl": "import verl\n" + REPORT_REGISTRIES,
-    "verl_restrain.trainer": "import verl_restrain.trainer\n" + REPORT_REGISTRIES,
+    "verl_restrain.adapters.trainer": "import verl_restrain.adapters.trainer\n" + REPORT_REGISTRIES,
     "failing": FAILING_PIECES,
 }
 
@@ -67,7 +67,7 @@ def _lines(stdout: str) -> dict:
     return dict(line.split(" ", 1) for line in stdout.strip().splitlines() if " " in line)
 
 
-@pytest.mark.parametrize("first_import", ["verl", "verl_restrain.trainer"])
+@pytest.mark.parametrize("first_import", ["verl", "verl_restrain.adapters.trainer"])
 def test_plain_import_verl_registers_everything_in_a_fresh_process(first_import, fresh_processes):
     # verl loads the entry point itself; importing an adapter before verl must work as well.
     result = fresh_processes[first_import]
@@ -109,8 +109,8 @@ def isolated_registries(monkeypatch):
 
 
 def test_registering_twice_and_reloading_is_harmless(isolated_registries, monkeypatch):
-    import verl_restrain.estimator as estimator_module
-    import verl_restrain.verl_plugin as plugin
+    import verl_restrain.adapters.estimator as estimator_module
+    import verl_restrain.adapters.plugin as plugin
 
     estimators, managers, trainers = isolated_registries
     before = (estimators["restrain"], managers["restrain"], trainers["restrain"])
@@ -132,7 +132,7 @@ def test_registering_twice_and_reloading_is_harmless(isolated_registries, monkey
 def test_a_foreign_registration_under_our_name_is_a_conflict(isolated_registries, monkeypatch):
     from verl.trainer.ppo import core_algos
 
-    import verl_restrain.verl_plugin as plugin
+    import verl_restrain.adapters.plugin as plugin
 
     estimators, _, _ = isolated_registries
     monkeypatch.setattr(plugin, "FAILURES", {})

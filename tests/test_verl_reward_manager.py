@@ -4,8 +4,8 @@ import pytest
 from tiny_lm import make_tokenizer
 from verl_batches import Group, boxed, compose_config, score_batch, updated
 
-from verl_restrain.reward_manager import RestrainRewardManager
-from verl_restrain.reward_score import compute_score
+from verl_restrain.adapters.reward_manager import RestrainRewardManager
+from verl_restrain.adapters.reward_score import compute_score
 
 
 @pytest.fixture(scope="module")

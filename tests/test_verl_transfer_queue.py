@@ -13,7 +13,7 @@ from tiny_lm import make_tokenizer
 from verl_batches import compose_config, default_groups, rollout_rows, rows_to_dataproto, score_batch, updated
 
 from verl_restrain import defaults
-from verl_restrain.trainer import RestrainColocateAsyncTrainer, RestrainTrainer, restrain_advantage_step
+from verl_restrain.adapters.trainer import RestrainColocateAsyncTrainer, RestrainTrainer, restrain_advantage_step
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 Importing this package imports neither verl nor Ray: the math (`advantage`, `answers`) is usable on
 its own. verl picks up the integration through the ``verl.plugins`` entry point
-(``verl_restrain.verl_plugin``).
+(``verl_restrain.adapters.plugin``).
 """
 
 from pathlib import Path

@@ -2,7 +2,7 @@
 
 Pure torch, vectorised over the whole batch (no Python loop over prompts or answers); imports no
 verl, so it can be read, tested and reused alone. The verl adapter lives in
-``verl_restrain.estimator``.
+``verl_restrain.adapters.estimator``.
 
 Notation for one prompt x (a *group* of n rollouts, rows need not be contiguous):
 

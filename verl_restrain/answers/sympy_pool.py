@@ -3,7 +3,7 @@
 Math-Verify bounds its own work with ``signal.alarm``, which only works in the main thread, while
 verl calls reward code from worker threads and Ray actors; and nothing can interrupt a Python thread
 stuck in sympy. So the sympy work runs in small persistent child processes
-(``_answer_worker.py``, Math-Verify's ``parse`` + ``verify`` in both directions, parse results cached
+(``sympy_worker.py``, Math-Verify's ``parse`` + ``verify`` in both directions, parse results cached
 there), driven over pipes with ``poll`` deadlines. A comparison that misses its deadline kills its
 worker, a fresh one starts in the background, there is no verdict (the caller counts the pair
 unequal), and the answer to blame is remembered for a while so that it costs no second timeout.
@@ -56,7 +56,7 @@ WORKERS_ENV = "VERL_RESTRAIN_MATH_WORKERS"
 DEFAULT_WORKERS = max(2, min(4, os.cpu_count() or 1))
 """At least two, so that a started worker is at hand while a killed one's replacement starts."""
 
-_WORKER_SCRIPT = Path(__file__).with_name("_answer_worker.py")
+_WORKER_SCRIPT = Path(__file__).with_name("sympy_worker.py")
 
 _POWER_TOWER = re.compile(r"\^\s*\{[^{}]*\^|\^\s*\([^()]*\^")
 _HUGE_EXPONENT = re.compile(r"\^\s*[{(]?\s*[+-]?\s*\d{6,}")

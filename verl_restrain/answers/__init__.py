@@ -8,15 +8,15 @@ fast enough for every training step and safe on whatever a model writes.
 Kinds: ``"math"`` (free-form answers) and ``"choice"`` (one option letter, A-J).
 
 Pipeline:
-1. ``extract_answer``: the last ``\\boxed{}``/``\\fbox{}`` (``_answer_extract.last_boxed``), else an
+1. ``extract_answer``: the last ``\\boxed{}``/``\\fbox{}`` (``extract.last_boxed``), else an
    answer sentence ("The final answer is $x$"); for ``choice`` an option letter. Then
    ``canonicalize``.
-2. ``canonicalize``: a normalised string (``_answer_canon.canonical_math``); equal strings are the
+2. ``canonicalize``: a normalised string (``canon.canonical_math``); equal strings are the
    same answer, with no sympy call.
 3. ``same_answer`` for two different strings, cheapest first: constants and tuples of constants are
-   compared exactly (``_answer_numeric``: Fractions, 50-digit values, Math-Verify's 6-place rounding
+   compared exactly (``numeric``: Fractions, 50-digit values, Math-Verify's 6-place rounding
    when a decimal is involved); everything else goes to Math-Verify (``verify`` in both directions, a
-   symmetric relation) in a child process with a hard time limit (``_answer_sympy``). Verdicts are
+   symmetric relation) in a child process with a hard time limit (``sympy_pool``). Verdicts are
    cached per pair.
 4. ``cluster_extracted``: union-find over the distinct strings of one group, comparing each pair of
    distinct strings not already joined (the transitive closure of ``same_answer``); cluster ids are
@@ -25,17 +25,17 @@ Pipeline:
 
 Guarantees: no function here raises on any response or answer string (a non-``str`` counts as no
 answer); only an unknown ``kind`` raises ``ValueError``. Extraction reads at most a bounded part of
-a response (see ``_answer_extract``). Time spent on sympy, in any thread:
+a response (see ``extract``). Time spent on sympy, in any thread:
 - one Math-Verify comparison (parsing both answers and verifying both ways, together) is cut off
-  ``_answer_sympy.PAIR_TIMEOUT_S`` (1 s) after a started worker is at hand;
+  ``sympy_pool.PAIR_TIMEOUT_S`` (1 s) after a started worker is at hand;
 - one ``cluster_extracted``, ``same_answer`` or ``is_correct`` call spends at most
   ``SYMPY_BUDGET_S`` (4 s) on comparisons in all, waiting for a worker (busy, or starting after a
   kill) included, plus a few milliseconds to kill a worker that ran out of time. The one exception
   is the first comparison of a process, which waits for the first worker to start, up to
-  ``_answer_sympy.STARTUP_TIMEOUT_S`` (60 s, normally under a second; ``_answer_sympy.warm_up()``
+  ``sympy_pool.STARTUP_TIMEOUT_S`` (60 s, normally under a second; ``sympy_pool.warm_up()``
   does it ahead of time);
-- an answer blamed for a comparison that timed out (``_answer_sympy._Pool._blame``) gets no sympy
-  comparison for ``_answer_sympy.SLOW_ANSWER_TTL_S`` seconds, so it costs at most one timeout.
+- an answer blamed for a comparison that timed out (``sympy_pool._Pool._blame``) gets no sympy
+  comparison for ``sympy_pool.SLOW_ANSWER_TTL_S`` seconds, so it costs at most one timeout.
 What fails or runs out of time is "no answer" or "not equal".
 
 Votes versus grading: ``is_correct`` is ``same_answer`` of the extracted and the canonical gold
@@ -50,7 +50,7 @@ answer, the relation the vote joins by, so the two agree on every pair except in
 - a pair that needs Math-Verify and gets no verdict in one call (the call's budget ran out, the
   comparison timed out, an answer is remembered as slow, no worker could be had) is unequal in
   that call only and not cached, so a later call, clustering or grading, may find it equal. Pairs
-  decided by string equality or ``_answer_numeric`` (in the benchmark, all but ``\\exp(k)``),
+  decided by string equality or ``numeric`` (in the benchmark, all but ``\\exp(k)``),
   and every pair with a cached verdict, always get the same verdict.
 """
 
@@ -61,10 +61,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from verl_restrain._answer_canon import canonical_math
-from verl_restrain._answer_extract import answer_sentence, choice_from_text, last_boxed, option_letter
-from verl_restrain._answer_numeric import numeric_verdict
-from verl_restrain._answer_sympy import math_verify_equal
+from verl_restrain.answers.canon import canonical_math
+from verl_restrain.answers.extract import answer_sentence, choice_from_text, last_boxed, option_letter
+from verl_restrain.answers.numeric import numeric_verdict
+from verl_restrain.answers.sympy_pool import math_verify_equal
 
 KINDS = ("math", "choice")
 SYMPY_BUDGET_S = 4.0
@@ -132,7 +132,7 @@ def _math_equal(a: str, b: str, deadline: float) -> bool:
 def canonicalize(answer: str, kind: str = "math") -> str | None:
     """Canonical form of a bare answer string, such as a gold label ("1/2", "$\\frac12$", "B").
 
-    ``math``: see ``_answer_canon.canonical_math``. ``choice``: the option letter A-J named by
+    ``math``: see ``canon.canonical_math``. ``choice``: the option letter A-J named by
     "B", "(b)", "\\text{(B)}", "B. 42", "Option C", else found as in a response ("\\boxed{B}",
     "The answer is (B)"). None for an empty or unreadable answer.
     """

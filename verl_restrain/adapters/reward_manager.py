@@ -1,6 +1,6 @@
 """The ``restrain`` reward manager: extracts each rollout's final answer in verl's reward workers.
 
-Registered by ``verl_restrain.verl_plugin`` with
+Registered by ``verl_restrain.adapters.plugin`` with
 ``verl.experimental.reward_loop.reward_manager.register("restrain")`` and chosen with
 ``reward.reward_manager.name=restrain``. verl runs it on one rollout at a time, in parallel reward
 workers, as soon as the rollout finishes; what it returns travels with the rollout in
@@ -26,7 +26,7 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
 from verl_restrain import answers
-from verl_restrain.config import RestrainConfig
+from verl_restrain.adapters.settings import RestrainConfig
 
 __all__ = ["RestrainRewardManager", "ground_truth_of"]
 
@@ -87,6 +87,6 @@ class RestrainRewardManager(RewardManagerBase):
 
 
 # Last: when this module was imported before verl, verl's plugin loader ran while it was half-done.
-from verl_restrain import verl_plugin  # noqa: E402
+from verl_restrain.adapters import plugin as verl_plugin  # noqa: E402
 
 verl_plugin.complete_registration("reward manager")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from verl_restrain._answer_extract import MAX_BOX_CHARS, last_boxed
+from verl_restrain.answers.extract import MAX_BOX_CHARS, last_boxed
 
 MAX_ANSWER_CHARS = MAX_BOX_CHARS
 """Canonical answers are at most this long; anything longer is not an answer."""

@@ -2,7 +2,7 @@
 
 For each benchmark (a verl-format parquet from ``scripts/prepare_data.py``, or the bundled copy of
 AIME24/AIME25/AMC23/MATH500) the model draws k completions per problem with
-:mod:`verl_restrain.generation` (vLLM on GPUs, Hugging Face transformers otherwise), prompts rendered
+:mod:`verl_restrain.jobs.generation` (vLLM on GPUs, Hugging Face transformers otherwise), prompts rendered
 exactly as verl renders them in training. Grading uses :mod:`verl_restrain.answers`, the code the
 trainer votes and rewards with. Per benchmark, with P problems and c_ps = 1 if sample s of problem p
 is correct (``is_correct``):
@@ -20,7 +20,7 @@ is correct (``is_correct``):
 Results go to a JSON file (:data:`RESULT_FORMAT`, read by ``scripts/make_tables.py``) and a markdown
 table next to it (the JSON name with ``.md``, so ``--output`` must not end in ``.md``). A ``--model``
 that is not a loadable Hugging Face folder or hub id is an error before anything loads
-(:func:`verl_restrain.generation.check_model`). verl's FSDP checkpoints are converted to a Hugging
+(:func:`verl_restrain.jobs.generation.check_model`). verl's FSDP checkpoints are converted to a Hugging
 Face folder first with verl's own merger: ``python -m verl.model_merger merge --backend fsdp
 --local_dir <ckpt>/global_step_N/actor --target_dir <hf_dir>``.
 """
@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 
 from verl_restrain import __version__
-from verl_restrain.generation import check_model
+from verl_restrain.jobs.generation import check_model
 
-RESULT_FORMAT = "verl_restrain.evaluation/1"
+RESULT_FORMAT = "verl_restrain.jobs.evaluation/1"
 
 # Prompts per generate call: vLLM schedules a large batch itself; HF pads a batch to its longest row.
 DEFAULT_BATCH_SIZE = {"vllm": 1024, "hf": 8}
@@ -70,7 +70,7 @@ class EvalConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from verl_restrain.generation import ENGINES
+        from verl_restrain.jobs.generation import ENGINES
 
         if self.k < 1:
             raise ValueError(f"--k must be >= 1, got {self.k}")
@@ -225,7 +225,7 @@ def evaluate(config: EvalConfig) -> dict:
     """Sample, grade and report every benchmark of ``config``; write the JSON and markdown files."""
     from tqdm.auto import tqdm
 
-    from verl_restrain.generation import check_engine, load_sampler, load_tokenizer, render_prompts
+    from verl_restrain.jobs.generation import check_engine, load_sampler, load_tokenizer, render_prompts
 
     engine = check_engine(config.engine)
     check_benchmarks(config.benchmarks, config.data_dir)

@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 # Parquet schema-metadata key of the JSON record this job writes into its outputs.
-METADATA_KEY = b"verl_restrain.scoring"
+METADATA_KEY = b"verl_restrain.jobs.scoring"
 
 # One row per prompt of a finished batch: its n responses, their extracted canonical answers
 # (null when none) and their cluster ids (-1 when no answer), all in sample order.

@@ -1,10 +1,10 @@
 """The ``restrain`` advantage estimator in verl's estimator signature.
 
-``verl_restrain.verl_plugin`` registers :func:`compute_restrain_outcome_advantage` with
+``verl_restrain.adapters.plugin`` registers :func:`compute_restrain_outcome_advantage` with
 ``verl.trainer.ppo.core_algos.register_adv_est("restrain")``. verl's own advantage step calls a
 registered estimator with ``token_level_rewards``, ``response_mask``, ``config`` and ``index`` only;
 the RESTRAIN advantage also needs every rollout's answer cluster and its prompt's weight u_x, which
-the ``restrain`` trainer (:mod:`verl_restrain.trainer`) computes per prompt group and passes as
+the ``restrain`` trainer (:mod:`verl_restrain.adapters.trainer`) computes per prompt group and passes as
 ``answer_ids`` and ``prompt_weight``.
 """
 
@@ -18,7 +18,7 @@ import torch
 
 from verl_restrain import defaults
 from verl_restrain.advantage import broadcast_to_tokens, compute_restrain_advantage
-from verl_restrain.config import RestrainConfig
+from verl_restrain.adapters.settings import RestrainConfig
 
 __all__ = ["compute_restrain_outcome_advantage", "group_index_from_uids"]
 

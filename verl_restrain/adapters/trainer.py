@@ -3,7 +3,7 @@
 verl's advantage step (``PPOTrainer._compute_advantage``) fetches a fixed list of fields from
 TransferQueue and calls the estimator with rewards and uids only. RESTRAIN needs every rollout's
 answer, grouped by prompt, and the prompt weight u_x. :class:`RestrainTrainer` (registered as
-``trainer.v1.trainer_mode=restrain`` by ``verl_restrain.verl_plugin``) overrides only that step when
+``trainer.v1.trainer_mode=restrain`` by ``verl_restrain.adapters.plugin``) overrides only that step when
 ``algorithm.adv_estimator=restrain``:
 
 1. fetch the answers the ``restrain`` reward manager wrote (``extra_fields["reward_extra_info"]``),
@@ -43,7 +43,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.workers.utils.padding import response_to_nested
 from verl_restrain import answers
 from verl_restrain.advantage import count_votes, fixed_label_answer_ids, pseudo_label_weights
-from verl_restrain.config import (
+from verl_restrain.adapters.settings import (
     ESTIMATOR_NAME,
     REWARD_MANAGER_NAME,
     SCORING_COMMAND,
@@ -51,7 +51,7 @@ from verl_restrain.config import (
     validate_training_config,
 )
 from verl_restrain.diagnostics import pseudo_label_reward, restrain_metrics
-from verl_restrain.estimator import group_index_from_uids
+from verl_restrain.adapters.estimator import group_index_from_uids
 
 __all__ = ["RestrainColocateAsyncTrainer", "RestrainTrainer", "restrain_advantage_step", "rollout_answer_ids"]
 
@@ -374,6 +374,6 @@ class RestrainColocateAsyncTrainer(RestrainAdvantageMixin, PPOTrainerColocateAsy
 
 
 # Last: when this module was imported before verl, verl's plugin loader ran while it was half-done.
-from verl_restrain import verl_plugin  # noqa: E402
+from verl_restrain.adapters import plugin as verl_plugin  # noqa: E402
 
 verl_plugin.complete_registration("trainers")

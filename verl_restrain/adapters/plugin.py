@@ -5,11 +5,11 @@ verl imports this module on ``import verl`` in every process (the ``verl.plugins
 registers, through verl's registration functions:
 
 * the advantage estimator ``restrain`` (``core_algos.register_adv_est``),
-  :func:`verl_restrain.estimator.compute_restrain_outcome_advantage`;
+  :func:`verl_restrain.adapters.estimator.compute_restrain_outcome_advantage`;
 * the reward manager ``restrain`` (``reward_loop.reward_manager.register``),
-  :class:`verl_restrain.reward_manager.RestrainRewardManager`;
+  :class:`verl_restrain.adapters.reward_manager.RestrainRewardManager`;
 * the v1 trainers ``restrain`` and ``restrain_colocate_async`` (``v1.register_trainer``),
-  :mod:`verl_restrain.trainer`.
+  :mod:`verl_restrain.adapters.trainer`.
 
 verl swallows plugin import errors at debug level, so each piece is registered on its own and a
 failure is loud: it is logged at ERROR with its traceback, recorded in :data:`FAILURES`, and a
@@ -20,7 +20,7 @@ Registering twice is harmless: the same object again is a no-op, and a reloaded 
 (same module and qualified name) replaces the stale one. Any other object already registered under
 one of these names is reported as a conflict.
 
-Import order: ``verl_restrain.trainer`` and ``verl_restrain.reward_manager`` import verl, so when
+Import order: ``verl_restrain.adapters.trainer`` and ``verl_restrain.adapters.reward_manager`` import verl, so when
 one of them is imported before verl, verl's plugin loader runs this module while that adapter is
 half-executed. Its piece is then deferred, and the adapter registers it in its last line
 (:func:`complete_registration`).
@@ -36,7 +36,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 try:
-    from verl_restrain.config import ESTIMATOR_NAME, REWARD_MANAGER_NAME, TRAINER_LOOPS
+    from verl_restrain.adapters.settings import ESTIMATOR_NAME, REWARD_MANAGER_NAME, TRAINER_LOOPS
 except Exception:
     # verl would swallow this at debug level; nothing can be registered without the names.
     logger.error("verl-restrain could not load verl_restrain.config; nothing is registered", exc_info=True)
@@ -77,7 +77,7 @@ def _register(registry: dict, name: str, obj: Any, register: Callable[[str], Cal
 def _unavailable(kind: str, name: str, cause: str) -> str:
     return (
         f"verl-restrain's {kind} {name!r} failed to load in this process ({cause}); see the ERROR logged "
-        f"by verl_restrain.verl_plugin at import time"
+        f"by verl_restrain.adapters.plugin at import time"
     )
 
 
@@ -85,7 +85,7 @@ def _register_estimator(cause: str | None = None) -> None:
     from verl.trainer.ppo import core_algos
 
     if cause is None:
-        from verl_restrain.estimator import compute_restrain_outcome_advantage as estimator
+        from verl_restrain.adapters.estimator import compute_restrain_outcome_advantage as estimator
     else:
 
         def estimator(*args: Any, **kwargs: Any):
@@ -99,7 +99,7 @@ def _register_reward_manager(cause: str | None = None) -> None:
     from verl.experimental.reward_loop.reward_manager import registry
 
     if cause is None:
-        from verl_restrain.reward_manager import RestrainRewardManager as manager
+        from verl_restrain.adapters.reward_manager import RestrainRewardManager as manager
     else:
         from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
@@ -118,7 +118,7 @@ def _register_trainers(cause: str | None = None) -> None:
     from verl.trainer.ppo.v1 import trainer_base
 
     if cause is None:
-        from verl_restrain.trainer import RestrainColocateAsyncTrainer, RestrainTrainer
+        from verl_restrain.adapters.trainer import RestrainColocateAsyncTrainer, RestrainTrainer
 
         trainers = {"restrain": RestrainTrainer, "restrain_colocate_async": RestrainColocateAsyncTrainer}
     else:
@@ -141,9 +141,9 @@ _PIECES = {
     "trainers": _register_trainers,
 }
 _ADAPTERS = {
-    "advantage estimator": ("verl_restrain.estimator", ("compute_restrain_outcome_advantage",)),
-    "reward manager": ("verl_restrain.reward_manager", ("RestrainRewardManager",)),
-    "trainers": ("verl_restrain.trainer", ("RestrainTrainer", "RestrainColocateAsyncTrainer")),
+    "advantage estimator": ("verl_restrain.adapters.estimator", ("compute_restrain_outcome_advantage",)),
+    "reward manager": ("verl_restrain.adapters.reward_manager", ("RestrainRewardManager",)),
+    "trainers": ("verl_restrain.adapters.trainer", ("RestrainTrainer", "RestrainColocateAsyncTrainer")),
 }
 
 

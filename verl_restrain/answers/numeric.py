@@ -2,7 +2,7 @@
 
 Most answers are real constants (integers, decimals, fractions, radicals, multiples of pi or e),
 tuples or sets of those, polynomials or one-variable bounds. For them Math-Verify's verdict can be
-computed from their values (``_answer_eval``), far faster than parsing to sympy and simplifying.
+computed from their values (``values``), far faster than parsing to sympy and simplifying.
 
 Equality of constants (``numbers_equal``) follows Math-Verify's ``sympy_numeric_eq`` with exact
 arithmetic in place of 15-digit floats:
@@ -26,7 +26,7 @@ from functools import lru_cache
 
 import mpmath
 
-from verl_restrain._answer_eval import (
+from verl_restrain.answers.values import (
     MP,
     MAX_EXPRESSION_CHARS,
     SAMPLE_POINTS,

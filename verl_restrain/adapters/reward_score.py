@@ -10,7 +10,7 @@ verl's default reward (``verl.utils.reward_score.default_compute_score``) does n
 It grades with the same answer code as RESTRAIN's votes (:func:`verl_restrain.answers.is_correct`)
 and returns ``acc`` and ``pred`` too, so validation reports the same ``acc`` and ``maj@k`` metrics
 as a RESTRAIN run. ``reward.custom_reward_function.reward_kwargs.answer_kinds`` may extend the
-data_source -> kind map (:data:`verl_restrain.config.DEFAULT_ANSWER_KINDS`).
+data_source -> kind map (:data:`verl_restrain.adapters.settings.DEFAULT_ANSWER_KINDS`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from verl_restrain import answers
-from verl_restrain.config import DEFAULT_ANSWER_KINDS, RestrainConfig
+from verl_restrain.adapters.settings import DEFAULT_ANSWER_KINDS, RestrainConfig
 
 __all__ = ["compute_score"]
 

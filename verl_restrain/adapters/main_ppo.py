@@ -1,4 +1,4 @@
-"""``python -m verl_restrain.main_ppo``: verl's ``main_ppo`` with ``restrain_trainer.yaml`` as its config.
+"""``python -m verl_restrain.adapters.main_ppo``: verl's ``main_ppo`` with ``restrain_trainer.yaml`` as its config.
 
 It is the stock command with the config path filled in,
 
@@ -13,10 +13,11 @@ from __future__ import annotations
 import hydra
 from verl.trainer import main_ppo as verl_main_ppo
 
-from verl_restrain.config import ESTIMATOR_NAME, validate_training_config
+from verl_restrain.adapters.settings import ESTIMATOR_NAME, validate_training_config
+from verl_restrain.config import CONFIG_DIR
 
 
-@hydra.main(config_path="config", config_name="restrain_trainer", version_base=None)
+@hydra.main(config_path=CONFIG_DIR, config_name="restrain_trainer", version_base=None)
 def main(config) -> None:
     if config.algorithm.adv_estimator == ESTIMATOR_NAME:
         validate_training_config(config)

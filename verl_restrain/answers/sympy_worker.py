@@ -1,6 +1,6 @@
 """Math-Verify in a child process, so that a comparison can be stopped from any thread.
 
-Started by ``verl_restrain._answer_sympy`` as ``python -u <this file>`` (run by path, so the parent
+Started by ``verl_restrain.answers.sympy_pool`` as ``python -u <this file>`` (run by path, so the parent
 package is not imported). A pair is equal when Math-Verify's ``verify`` holds in both directions.
 
 Work on one answer and work on a pair are separate requests, so that the parent can tell which

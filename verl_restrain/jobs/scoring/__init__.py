@@ -1,8 +1,8 @@
 """Offline prompt weights: sample the frozen base model, vote, and write u_x into the dataset.
 
 For every prompt x of a verl-format parquet file the job draws n completions from the base model
-(rendered exactly as verl renders the prompt for training, :func:`verl_restrain.generation.render_prompts`),
-extracts and clusters their final answers as the trainer does (:mod:`verl_restrain.scoring_votes`)
+(rendered exactly as verl renders the prompt for training, :func:`verl_restrain.jobs.generation.render_prompts`),
+extracts and clusters their final answers as the trainer does (:mod:`verl_restrain.jobs.scoring.votes`)
 and adds five columns, every input column and the row order kept:
 
 ==================================  =====================================================================
@@ -17,12 +17,12 @@ and adds five columns, every input column and the row order kept:
                                     its count, in order of first appearance among the samples
 ==================================  =====================================================================
 
-The parquet schema metadata key ``verl_restrain.scoring`` holds a JSON record of the model, engine,
+The parquet schema metadata key ``verl_restrain.jobs.scoring`` holds a JSON record of the model, engine,
 sampling settings, sigma/center, seed, batch size, answer-kind settings, input checksum and package
 version. ``samples_output`` gets one row per sampled response (:data:`SAMPLES_SCHEMA`).
 
 Never losing work: every finished batch is checkpointed in ``<output>.parts/``
-(:mod:`verl_restrain.scoring_io`), and the same command resumes from there after a crash or
+(:mod:`verl_restrain.jobs.scoring.io`), and the same command resumes from there after a crash or
 ``kill -9``, producing the file an uninterrupted run produces. Batch b is sampled with a seed derived
 from (seed, b) alone, and a shard is a contiguous range of batches, so resumed, sharded and merged
 runs all give the unsharded, uninterrupted result. Outputs only ever appear complete (atomic
@@ -37,7 +37,7 @@ measured on a GPU here; it is exercised only by tests that skip without vLLM and
 unmeasured estimate: vLLM decodes on the order of 10^3 to 10^4 tokens/s per GPU for a 4B-8B model
 over a large batch, so 14k prompts x 16 samples x about 1k response tokens (some 2e8 tokens) is
 hours of one GPU. vLLM uses the tensor parallel size of
-:func:`verl_restrain.generation.default_tensor_parallel_size`, which can leave GPUs idle; to use every
+:func:`verl_restrain.jobs.generation.default_tensor_parallel_size`, which can leave GPUs idle; to use every
 GPU, run one shard per GPU: ``--ray --num-shards <GPUs> --ray-gpus-per-shard 1``.
 """
 
@@ -54,7 +54,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from verl_restrain import __version__, defaults
-from verl_restrain.generation import (
+from verl_restrain.jobs.generation import (
     ENGINES,
     as_chat,
     check_engine,
@@ -63,7 +63,7 @@ from verl_restrain.generation import (
     load_tokenizer,
     render_prompts,
 )
-from verl_restrain.scoring_io import (
+from verl_restrain.jobs.scoring.io import (
     CHECKPOINT_SCHEMA,
     ScoringInputError,
     ShardPlan,
@@ -74,7 +74,7 @@ from verl_restrain.scoring_io import (
     plan_shard,
     with_job_metadata,
 )
-from verl_restrain.scoring_votes import (
+from verl_restrain.jobs.scoring.votes import (
     ANSWER_KINDS,
     SAMPLES_SCHEMA,
     answer_kinds,

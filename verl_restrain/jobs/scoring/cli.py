@@ -15,7 +15,7 @@ from typing import Sequence
 import pyarrow.parquet as pq
 
 from verl_restrain import defaults
-from verl_restrain.scoring import (
+from verl_restrain.jobs.scoring import (
     DEFAULT_BATCH_SIZE,
     ScoringConfig,
     ScoringInputError,
@@ -23,8 +23,8 @@ from verl_restrain.scoring import (
     score_prompts,
     score_prompts_on_ray,
 )
-from verl_restrain.scoring_io import merge_shards
-from verl_restrain.scoring_votes import summarize
+from verl_restrain.jobs.scoring.io import merge_shards
+from verl_restrain.jobs.scoring.votes import summarize
 
 __all__ = ["build_merge_parser", "build_parser", "config_from_args", "main"]
 
