@@ -63,10 +63,10 @@ from collections.abc import Sequence
 
 from verl_restrain.answers.canon import canonical_math
 from verl_restrain.answers.extract import answer_sentence, choice_from_text, last_boxed, option_letter
+from verl_restrain.answers.kinds import BUILTIN_ANSWER_KINDS, KINDS, answer_kind
 from verl_restrain.answers.numeric import numeric_verdict
 from verl_restrain.answers.sympy_pool import math_verify_equal
 
-KINDS = ("math", "choice")
 SYMPY_BUDGET_S = 4.0
 """Wall-clock time one ``cluster_extracted``, ``same_answer`` or ``is_correct`` call may spend on
 Math-Verify comparisons, waiting for a worker included; pairs left undecided after it are unequal."""
