@@ -28,8 +28,8 @@ SETTINGS = dict(n=3, temperature=1.0, top_p=0.95, max_new_tokens=8)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "qwen2", seed=0)
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")

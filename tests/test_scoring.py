@@ -19,7 +19,6 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tiny_lm import make_tiny_model_dir
 
 from verl_restrain import __version__, defaults
 
@@ -62,8 +61,8 @@ def make_input(path: Path, num_rows: int = NUM_ROWS) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return str(make_tiny_model_dir(tmp_path_factory.mktemp("model") / "qwen2", seed=0))
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")

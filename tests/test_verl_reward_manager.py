@@ -1,16 +1,10 @@
 """The restrain reward manager on real decoded text, loaded through verl's own reward loading."""
 
 import pytest
-from tiny_lm import make_tokenizer
 from verl_batches import Group, boxed, compose_config, score_batch, updated
 
 from verl_restrain.adapters.reward_manager import RestrainRewardManager
 from verl_restrain.adapters.reward_score import compute_score
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return make_tokenizer()
 
 
 def _manager(tokenizer, config=None):
