@@ -29,10 +29,19 @@ Because r_ij is one-hot in j, the weighted sum collapses to a per-cluster term m
 with mean_j = c_j / n and std_j = sqrt(c_j (n - c_j) / (n (n - 1))) in closed form, which is what
 the vectorised code computes. A unanimous group has a single cluster with std 0 and mean 1, hence
 b - b * 1 = 0 exactly: it gets zero advantage.
+
+The paper clips PPO inside each label's loss. A rollout's own cluster is its only label with
+A_ij >= 0, so the per-label sum splits by sign into two parts (:func:`restrain_step`):
+
+    P_i = u * b_{c(i)} (1 - mean_{c(i)}) >= 0 (0 without an answer),   N_i = -u * sum_{j != c(i)} b_j mean_j <= 0,
+
+with P = 0 and N = -u * delta in a penalised group, and P + N the advantage above.
+:mod:`verl_restrain.loss` turns (P, N) into the per-label PPO loss.
 """
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +55,10 @@ __all__ = [
     "pseudo_label_weights",
     "prompt_weight",
     "fixed_label_answer_ids",
+    "RestrainStep",
+    "restrain_step",
     "compute_restrain_advantage",
+    "compute_restrain_advantage_parts",
     "broadcast_to_tokens",
 ]
 
@@ -239,6 +251,162 @@ def fixed_label_answer_ids(matches: torch.Tensor) -> torch.Tensor:
     return torch.where(matches.bool(), 0, -1).long()
 
 
+@dataclass(frozen=True)
+class RestrainStep:
+    """Everything one training step needs from one vote (N rollouts, G groups, C clusters).
+
+    ``advantage`` equals ``positive + negative`` up to float32 rounding (each is rounded from float64
+    on its own); exactly when at most one of the two is non-zero, as with one-hot weights.
+    """
+
+    votes: Votes
+    weights: torch.Tensor  # (C,) float64 w_j
+    prompt_weight: torch.Tensor  # (G,) float64 u applied to each group, its rollouts' mean; 1 when none
+    penalized: torch.Tensor  # (G,) bool, M < kappa (scaled when rollouts_per_prompt is given)
+    advantage: torch.Tensor  # (N,) float32 u * sum_j w_j A_ij, or -u * delta when penalised
+    positive: torch.Tensor  # (N,) float32 >= 0, P_i = u * sum_{j: A_ij > 0} w_j A_ij
+    negative: torch.Tensor  # (N,) float32 <= 0, N_i = u * sum_{j: A_ij < 0} w_j A_ij; -u * delta when penalised
+    reward: torch.Tensor  # (N,) float32 pseudo-label reward w_{c(i)}, 0 without an answer
+
+
+def _check_step_params(weighting, sigma, center, kappa, delta, rollouts_per_prompt) -> None:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
+    _check_shape_params(sigma, center)
+    if kappa < 0:
+        raise ValueError(f"kappa must be >= 0, got {kappa}")
+    if not delta >= 0:
+        raise ValueError(f"delta must be >= 0, got {delta}")
+    if rollouts_per_prompt is not None and (
+        isinstance(rollouts_per_prompt, bool)
+        or not isinstance(rollouts_per_prompt, numbers.Integral)
+        or rollouts_per_prompt < 1
+    ):
+        raise ValueError(f"rollouts_per_prompt must be an integer >= 1 or None, got {rollouts_per_prompt!r}")
+
+
+def _rollout_prompt_weight(
+    votes: Votes, prompt_weight: torch.Tensor | None, online: bool, sigma: float, center: float, shape: torch.Size
+) -> torch.Tensor | None:
+    """(N,) float64 u of each rollout, or None for 1."""
+    if online:
+        if prompt_weight is not None:
+            raise ValueError(
+                "prompt_weight and online_prompt_weight=True are exclusive: the online variant computes "
+                "u = g(M / n) from this step's own vote; pass prompt_weight=None"
+            )
+        share = votes.majority_count.double() / votes.group_size.double()  # (G,)
+        return torch.exp(_log_shaping(share, sigma, center))[votes.group]
+    if prompt_weight is None:
+        return None
+    if prompt_weight.shape != shape:
+        raise ValueError(f"prompt_weight must have shape {tuple(shape)}, got {tuple(prompt_weight.shape)}")
+    weight = prompt_weight.double()
+    if weight.numel() and not bool((torch.isfinite(weight) & (weight >= 0)).all()):
+        raise ValueError("prompt_weight must be finite and >= 0 (u_x = g(c_ref / n) lies in (0, 1])")
+    return weight
+
+
+def restrain_step(
+    answer_ids: torch.Tensor,
+    group_index: torch.Tensor,
+    prompt_weight: torch.Tensor | None = None,
+    *,
+    weighting: str,
+    sigma: float,
+    center: float,
+    kappa: int,
+    delta: float,
+    norm_adv_by_std: bool = True,
+    epsilon: float = 1e-6,
+    rollouts_per_prompt: int | None = None,
+    online_prompt_weight: bool = False,
+) -> RestrainStep:
+    """One vote: the advantage of every rollout, its two parts P and N, and the pseudo-label reward.
+
+    Formulas in the module docstring; the computation is vectorised over the batch.
+
+    Args:
+        answer_ids: (N,) int64; equal ids inside one group = same answer; -1 = no valid answer.
+        group_index: (N,) int64; rollouts of one prompt share a value; rows need not be contiguous.
+        prompt_weight: (N,) float >= 0, u_x of each rollout's prompt; None means 1.
+        weighting: ``gaussian``, ``uniform`` or ``majority`` (ties: smallest answer id).
+        sigma, center: parameters of the shaping function g (``gaussian`` and the online u).
+        kappa: a group whose majority count M is below kappa is penalised; 0 disables it.
+        delta: the (positive) penalty; penalised rollouts get advantage -u * delta.
+        norm_adv_by_std: divide by the unbiased group std + epsilon (GRPO) or not (Dr. GRPO).
+        epsilon: added to the std.
+        rollouts_per_prompt: None: a group is penalised when M < kappa. An int n: kappa counts out
+            of n rollouts, and a group of n_g rollouts (fewer when some failed) is penalised when
+            M * n < kappa * n_g, keeping the share threshold kappa / n. The vote shares f_j = c_j / n_g
+            always use the group's actual size.
+        online_prompt_weight: u = g(M / n_g) of this step's own vote, per group (the paper's online
+            variant, Appendix E) instead of ``prompt_weight``, which must then be None.
+
+    Returns:
+        The :class:`RestrainStep`.
+    """
+    _check_step_params(weighting, sigma, center, kappa, delta, rollouts_per_prompt)
+    votes = count_votes(answer_ids, group_index)
+    row_weight = _rollout_prompt_weight(votes, prompt_weight, online_prompt_weight, sigma, center, answer_ids.shape)
+
+    weights = pseudo_label_weights(votes, weighting, sigma, center)  # (C,)
+    n = votes.group_size[votes.cluster_group].double()  # (C,)
+    count = votes.cluster_count.double()  # (C,)
+    singleton = n == 1
+    # verl's GRPO convention for a group of one: mean 0, std 1.
+    mean = torch.where(singleton, 0.0, count / n)  # (C,)
+    if norm_adv_by_std:
+        std = torch.where(singleton, 1.0, torch.sqrt(count * (n - count) / (n * (n - 1.0)).clamp(min=1.0)))
+        scale = weights / (std + epsilon)  # (C,) b_j
+    else:
+        scale = weights
+    scaled_mean = scale * mean  # (C,) b_j mean_j
+    group_term = torch.zeros(votes.num_groups, dtype=torch.float64, device=weights.device)
+    group_term.index_add_(0, votes.cluster_group, scaled_mean)  # (G,) sum_j b_j mean_j
+
+    own_term = _per_rollout(scale, votes)  # (N,) b_{c(i)}, 0 without an answer
+    own_mean_term = _per_rollout(scaled_mean, votes)  # (N,) b_{c(i)} mean_{c(i)}
+    rollout_group_term = group_term[votes.group]  # (N,)
+    advantage = own_term - rollout_group_term
+    # The signs hold in floating point too: b * mean <= b as mean <= 1, and a sum of non-negative
+    # terms is never below one of them.
+    positive = own_term - own_mean_term  # (N,) >= 0
+    negative = own_mean_term - rollout_group_term  # (N,) <= 0
+
+    if rollouts_per_prompt is None:
+        penalized = votes.majority_count < kappa  # (G,)
+    else:
+        penalized = votes.majority_count * rollouts_per_prompt < kappa * votes.group_size
+    penalized_rollout = penalized[votes.group]  # (N,)
+    advantage = torch.where(penalized_rollout, -float(delta), advantage)
+    positive = torch.where(penalized_rollout, 0.0, positive)
+    negative = torch.where(penalized_rollout, -float(delta), negative)
+
+    group_weight = torch.ones(votes.num_groups, dtype=torch.float64, device=weights.device)  # (G,)
+    if row_weight is not None:
+        advantage, positive, negative = advantage * row_weight, positive * row_weight, negative * row_weight
+        group_weight = torch.zeros_like(group_weight).index_add_(0, votes.group, row_weight)
+        group_weight = group_weight / votes.group_size.double()
+
+    return RestrainStep(
+        votes=votes,
+        weights=weights,
+        prompt_weight=group_weight,
+        penalized=penalized,
+        advantage=advantage.float(),
+        positive=positive.float(),
+        negative=negative.float(),
+        reward=_per_rollout(weights, votes).float(),
+    )
+
+
+def _per_rollout(per_cluster: torch.Tensor, votes: Votes) -> torch.Tensor:
+    """(C,) values -> (N,) the value of each rollout's cluster, 0 for a rollout without an answer."""
+    # A trailing zero makes cluster id -1 (no answer) index a term of 0.
+    return torch.cat([per_cluster, per_cluster.new_zeros(1)])[votes.cluster]
+
+
 def compute_restrain_advantage(
     answer_ids: torch.Tensor,
     group_index: torch.Tensor,
@@ -251,59 +419,46 @@ def compute_restrain_advantage(
     delta: float,
     norm_adv_by_std: bool = True,
     epsilon: float = 1e-6,
+    rollouts_per_prompt: int | None = None,
+    online_prompt_weight: bool = False,
 ) -> torch.Tensor:
-    """RESTRAIN advantage of every rollout (formulas in the module docstring).
+    """(N,) float32 RESTRAIN advantage of every rollout: ``restrain_step(...).advantage``.
 
-    Args:
-        answer_ids: (N,) int64; equal ids inside one group = same answer; -1 = no valid answer.
-        group_index: (N,) int64; rollouts of one prompt share a value; rows need not be contiguous.
-        prompt_weight: (N,) float, u_x of each rollout's prompt; None means 1.
-        weighting: ``gaussian``, ``uniform`` or ``majority`` (ties: smallest answer id).
-        sigma, center: parameters of the shaping function g (used by ``gaussian``).
-        kappa: a group whose majority count M is below kappa is penalised; 0 disables it.
-        delta: the (positive) penalty; penalised rollouts get advantage -u * delta.
-        norm_adv_by_std: divide by the unbiased group std + epsilon (GRPO) or not (Dr. GRPO).
-        epsilon: added to the std.
-
-    Returns:
-        (N,) float32 advantage per rollout.
+    Arguments as :func:`restrain_step` (formulas in the module docstring).
     """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
-    _check_shape_params(sigma, center)
-    if kappa < 0:
-        raise ValueError(f"kappa must be >= 0, got {kappa}")
-    if not delta >= 0:
-        raise ValueError(f"delta must be >= 0, got {delta}")
-    votes = count_votes(answer_ids, group_index)
-    if prompt_weight is not None and prompt_weight.shape != answer_ids.shape:
-        raise ValueError(
-            f"prompt_weight must have shape {tuple(answer_ids.shape)}, got {tuple(prompt_weight.shape)}"
-        )
+    return restrain_step(
+        answer_ids, group_index, prompt_weight, weighting=weighting, sigma=sigma, center=center, kappa=kappa,
+        delta=delta, norm_adv_by_std=norm_adv_by_std, epsilon=epsilon, rollouts_per_prompt=rollouts_per_prompt,
+        online_prompt_weight=online_prompt_weight,
+    ).advantage
 
-    weight = pseudo_label_weights(votes, weighting, sigma, center)  # (C,)
-    n = votes.group_size[votes.cluster_group].double()  # (C,)
-    count = votes.cluster_count.double()  # (C,)
-    singleton = n == 1
-    # verl's GRPO convention for a group of one: mean 0, std 1.
-    mean = torch.where(singleton, 0.0, count / n)  # (C,)
-    if norm_adv_by_std:
-        std = torch.where(singleton, 1.0, torch.sqrt(count * (n - count) / (n * (n - 1.0)).clamp(min=1.0)))
-        scale = weight / (std + epsilon)  # (C,) b_j
-    else:
-        scale = weight
-    group_term = torch.zeros(votes.num_groups, dtype=torch.float64, device=weight.device)
-    group_term.index_add_(0, votes.cluster_group, scale * mean)  # (G,) sum_j b_j mean_j
 
-    # A trailing zero makes cluster id -1 (no answer) index a term of 0.
-    own_term = torch.cat([scale, scale.new_zeros(1)])[votes.cluster]  # (N,) b_{c(i)}
-    advantage = own_term - group_term[votes.group]  # (N,)
+def compute_restrain_advantage_parts(
+    answer_ids: torch.Tensor,
+    group_index: torch.Tensor,
+    prompt_weight: torch.Tensor | None = None,
+    *,
+    weighting: str,
+    sigma: float,
+    center: float,
+    kappa: int,
+    delta: float,
+    norm_adv_by_std: bool = True,
+    epsilon: float = 1e-6,
+    rollouts_per_prompt: int | None = None,
+    online_prompt_weight: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive, negative), both (N,) float32: the parts of :func:`restrain_step`.
 
-    penalised = votes.majority_count[votes.group] < kappa  # (N,)
-    advantage = torch.where(penalised, -float(delta), advantage)
-    if prompt_weight is not None:
-        advantage = advantage * prompt_weight.double()
-    return advantage.float()
+    positive >= 0, negative <= 0, and positive + negative == :func:`compute_restrain_advantage` with the
+    same arguments (up to float32 rounding).
+    """
+    step = restrain_step(
+        answer_ids, group_index, prompt_weight, weighting=weighting, sigma=sigma, center=center, kappa=kappa,
+        delta=delta, norm_adv_by_std=norm_adv_by_std, epsilon=epsilon, rollouts_per_prompt=rollouts_per_prompt,
+        online_prompt_weight=online_prompt_weight,
+    )
+    return step.positive, step.negative
 
 
 def broadcast_to_tokens(advantage: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
