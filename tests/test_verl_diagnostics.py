@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from verl_restrain.advantage import count_votes, pseudo_label_weights
-from verl_restrain.diagnostics import pseudo_label_reward, restrain_metrics
+from verl_restrain.advantage import count_votes, pseudo_label_weights, restrain_step
+from verl_restrain.diagnostics import pseudo_label_reward, restrain_metrics, step_metrics
 
 SIGMA, CENTER = 0.4, 1.0
 
@@ -104,7 +104,7 @@ def test_metric_names_avoid_verl_aggregation_keywords():
         answer_ids, group_index, weighting="gaussian", sigma=SIGMA, center=CENTER, kappa=2,
         prompt_weight=prompt_weight, correct=correct, has_gold=has_gold,
     )
-    assert len(metrics) == 10
+    assert len(metrics) == 11
     for name, value in metrics.items():
         assert name.startswith("restrain/") and isinstance(value, float)
         assert not any(word in name.lower() for word in ("max", "min", "sum", "total"))
@@ -124,3 +124,47 @@ def test_pseudo_label_reward_is_the_weight_of_the_own_cluster():
     assert gaussian[1] == pytest.approx(weights[1].item())
     assert gaussian[3] == 0.0
     assert gaussian[4:].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_reward_accuracy_by_hand():
+    # Group 0 (gold): answers a, a, b, none; gold is b. Majority reward 1[answer = a]: 1, 1, 0, 0;
+    #   gold reward 1[correct]: 0, 0, 1, 0 -> they agree on the rollout without an answer only: 1 of 4.
+    # Group 1 (gold): answers c, c, c, d; gold is c -> majority reward 1, 1, 1, 0 = gold reward: 4 of 4.
+    # Group 2 (no gold): left out. Share over the 8 rollouts with gold: 5 / 8.
+    answer_ids = _ids([0, 0, 1, -1, 5, 5, 5, 6, 2, 2])
+    group_index = _ids([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    correct = torch.tensor([False, False, True, False, True, True, True, False, True, True])
+    has_gold = torch.tensor([True] * 8 + [False] * 2)
+    metrics = restrain_metrics(
+        answer_ids, group_index, weighting="gaussian", sigma=SIGMA, center=CENTER, kappa=0,
+        correct=correct, has_gold=has_gold,
+    )
+    assert metrics["restrain/reward_accuracy"] == pytest.approx(5 / 8)
+
+
+def test_step_metrics_read_the_steps_own_vote():
+    # Partial groups and the online prompt weight come from the step, not from a second vote.
+    # n = 8, kappa = 4 (share 1/2). Group 0: 6 rollouts, M = 3: 3 * 8 < 4 * 6? no -> kept.
+    # Group 1: 4 rollouts, M = 1: 8 < 16 -> penalised. penalized_fraction = 1/2 (a raw count would give 2/2).
+    # u = g(M / n_g): g(3/6) = exp(-0.25 / 0.32) = 0.457833, g(1/4) = exp(-0.5625 / 0.32) = 0.172422.
+    answer_ids = _ids([0, 0, 0, 1, 2, -1, 3, 4, 5, -1])
+    group_index = _ids([0] * 6 + [1] * 4)
+    step = restrain_step(answer_ids, group_index, weighting="gaussian", sigma=SIGMA, center=CENTER, kappa=4,
+                         delta=0.5, rollouts_per_prompt=8, online_prompt_weight=True)
+    metrics = step_metrics(step)
+    assert metrics["restrain/penalized_fraction"] == pytest.approx(0.5)
+    assert metrics["restrain/prompt_weight_mean"] == pytest.approx((0.457833 + 0.172422) / 2, abs=1e-6)
+    assert metrics["restrain/majority_ratio"] == pytest.approx((3 / 6 + 1 / 4) / 2)
+    assert metrics["restrain/no_answer_fraction"] == pytest.approx(2 / 10)
+    assert not any("accuracy" in name for name in metrics)  # no gold given
+
+
+def test_restrain_metrics_is_step_metrics_of_one_step():
+    answer_ids, group_index, prompt_weight, correct, has_gold = _two_groups()
+    params = dict(weighting="gaussian", sigma=SIGMA, center=CENTER, kappa=2)
+    step = restrain_step(answer_ids, group_index, prompt_weight, delta=0.5, **params)
+    assert step_metrics(step, correct=correct, has_gold=has_gold) == restrain_metrics(
+        answer_ids, group_index, prompt_weight=prompt_weight, correct=correct, has_gold=has_gold, **params
+    )
+    empty = restrain_step(_ids([]), _ids([]), delta=0.5, **params)
+    assert step_metrics(empty) == {}
