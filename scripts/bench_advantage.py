@@ -2,9 +2,9 @@
 
 Prints two ratios on one batch (default 512 prompts x 16 rollouts x 4096 response tokens):
 
-(a) the per-rollout computation (votes, pseudo-label weights, penalization, prompt weight:
-    ``compute_restrain_advantage``) over verl's own ``compute_grpo_outcome_advantage`` on the same
-    batch; the bar is <= 0.05.
+(a) the per-rollout computation, one vote per step (votes, pseudo-label weights, penalization,
+    prompt weight, the advantage with its two parts and the pseudo-label reward: ``restrain_step``)
+    over verl's own ``compute_grpo_outcome_advantage`` on the same batch; the bar is <= 0.05.
 (b) the whole estimator as verl calls it (the registered ``restrain`` estimator: uid grouping, the
     per-rollout computation and the broadcast over the response mask) over the floor every
     estimator pays, writing the (N, T) token-level tensor from an (N,) vector and the response
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     import verl_restrain.adapters.plugin  # noqa: F401  (registers the estimator)
     from verl_restrain import defaults
-    from verl_restrain.advantage import compute_restrain_advantage
+    from verl_restrain.advantage import restrain_step
 
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(args.seed)
@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     timings = _best_of(
         {
-            "restrain_per_rollout": lambda: compute_restrain_advantage(answer_ids, group_index, prompt_weight, **params),
+            "restrain_per_rollout": lambda: restrain_step(
+                answer_ids, group_index, prompt_weight, weighting="gaussian", **params
+            ),
             "verl_grpo": lambda: compute_grpo_outcome_advantage(token_level_rewards, response_mask, uids),
             "restrain_estimator": lambda: estimator(
                 token_level_rewards=token_level_rewards,
