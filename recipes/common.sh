@@ -118,7 +118,7 @@ method_inputs() {
     "$PYTHON" -c 'import sys; from verl_restrain.methods import get_method; m = get_method(sys.argv[1]); print(int(m.use_prompt_weight), int(m.label_mode == "offline"))' "$1"
 }
 
-# Score IN with the base model into OUT (u_x, c_ref, the base model's majority answer), unless OUT
+# Score IN with the base model into OUT (c_ref and n, the base model's majority answer), unless OUT
 # already exists: the scoring is done once per (data set, base model) and reused by every method.
 score_prompts() {
     local input=$1 output=$2
@@ -134,17 +134,6 @@ score_prompts() {
         --input "$input" --output "$output" --model "$MODEL_PATH" --engine "$SCORE_ENGINE" \
         --n "$SCORE_N" --temperature "$SCORE_TEMPERATURE" --top-p "$SCORE_TOP_P" \
         --max-new-tokens "$SCORE_MAX_NEW_TOKENS" --seed "$SCORE_SEED"
-}
-
-# Recompute u_x of the scored file IN for SIGMA/CENTER into OUT (no sampling), unless OUT exists.
-reweight_prompts() {
-    local input=$1 output=$2 sigma=$3 center=$4
-    if [[ -e "$output" ]]; then
-        echo "[recipes] reweighted prompts exist, skipping: $output" >&2
-        return 0
-    fi
-    run_or_print "$PYTHON" -m verl_restrain.data.prompt_weights \
-        --input "$input" --output "$output" --sigma "$sigma" --center "$center"
 }
 
 # Hydra overrides shared by every training run.
@@ -215,16 +204,6 @@ restrain_train() {
         local scored=${SCORED_TRAIN_FILE:-${TRAIN_FILE%.parquet}.scored.$(model_tag "$MODEL_PATH").parquet}
         score_prompts "$TRAIN_FILE" "$scored"
         train_file=$scored
-        # u_x = g(c_ref / n) must use the g of this run: recompute it when sigma or center differ
-        # from the values the scoring job used (the package defaults).
-        if [[ "$uses_prompt_weight" == "1" && -n "$SIGMA$CENTER" ]]; then
-            local sigma center
-            read -r sigma center <<<"$("$PYTHON" -c 'from verl_restrain import defaults; print(defaults.SIGMA, defaults.CENTER)')"
-            sigma=${SIGMA:-$sigma}
-            center=${CENTER:-$center}
-            train_file=${scored%.parquet}.sigma${sigma}_center${center}.parquet
-            reweight_prompts "$scored" "$train_file" "$sigma" "$center"
-        fi
     fi
     local restrain_overrides=() field name value
     for field in sigma center kappa delta; do

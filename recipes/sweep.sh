@@ -4,9 +4,8 @@
 # GRID=axes (default) varies one parameter at a time, the others at the package defaults
 # (verl_restrain/defaults.py: sigma 0.4, kappa 4, delta 0.5); GRID=full runs every combination. Each run is
 # recipes/qwen3_4b_base/restrain.sh with SIGMA/KAPPA/DELTA set and its own experiment name. The
-# base model is sampled once (offline scoring); for each sigma, u_x = g(c_ref / n) is recomputed
-# from the stored c_ref and n with that sigma (python -m verl_restrain.data.prompt_weights), which
-# takes seconds. Extra arguments are Hydra overrides passed to every run.
+# base model is sampled once (offline scoring); every run computes u_x = g(c_ref / n) from the
+# stored counts with its own sigma. Extra arguments are Hydra overrides passed to every run.
 set -euo pipefail
 SIGMAS=${SIGMAS:-"0.2 0.4 0.8"}
 KAPPAS=${KAPPAS:-"2 4 6"}

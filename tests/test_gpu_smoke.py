@@ -41,7 +41,7 @@ def test_the_smoke_command_passes_verls_config_checks(tmp_path):
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    from verl_restrain.adapters.settings import validate_training_config
+    from verl_restrain.adapters.checks import validate_training_config
 
     result = subprocess.run(
         ["bash", str(SMOKE), "trainer.test_freq=1"],

@@ -157,7 +157,7 @@ def check_like_main_ppo(config, overrides: list[str]) -> None:
     typed_check(config, {o.split("=", 1)[0].lstrip("+~") for o in overrides})
     validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     if config.algorithm.adv_estimator == "restrain":
-        from verl_restrain.adapters.settings import validate_training_config
+        from verl_restrain.adapters.checks import validate_training_config
 
         validate_training_config(config)
 
@@ -297,17 +297,14 @@ def test_sweep_varies_one_parameter_at_a_time(tmp_path):
     assert sorted(settings) == sorted(
         {(0.2, 4, 0.5), (0.4, 4, 0.5), (0.8, 4, 0.5), (0.4, 2, 0.5), (0.4, 6, 0.5), (0.4, 4, 0.25), (0.4, 4, 1.0)}
     )
-    # One scored file for all runs (sampled once; a dry run prints the step again for every run) and,
-    # per sigma, u_x recomputed from it into the file that run trains on.
+    # One scored file for all runs (sampled once; a dry run prints the step again for every run), and
+    # every run trains on it: u_x = g(c_ref / n) is computed in training with the run's own sigma.
     assert len({tuple(c) for c in scoring_commands(commands)}) == 1
     scored = scoring_commands(commands)[0][scoring_commands(commands)[0].index("--output") + 1]
-    reweights = {c[c.index("--sigma") + 1]: c for c in commands if "verl_restrain.data.prompt_weights" in c}
-    assert set(reweights) == {"0.2", "0.4", "0.8"}
+    assert not [c for c in commands if "prompt_weights" in " ".join(c)]
     for train in trains:
-        sigma = train_value(train, "sigma")
-        reweight = reweights[sigma]
-        assert reweight[reweight.index("--input") + 1] == scored
-        assert f"data.train_files=['{reweight[reweight.index('--output') + 1]}']" in train
+        assert f"data.train_files=['{scored}']" in train
+        assert compose_recipe(train).algorithm.restrain.prompt_weight_source == "offline"
 
 
 def train_value(train: list[str], field: str) -> str:

@@ -10,7 +10,7 @@ from tiny_lm import make_tokenizer
 from verl_batches import compose_config, default_groups, rollout_rows, rows_to_dataproto, score_batch
 
 from verl_restrain import answers, defaults
-from verl_restrain.advantage import compute_restrain_advantage
+from verl_restrain.advantage import compute_restrain_advantage, prompt_weight
 from verl_restrain.methods import METHODS
 from verl_restrain.adapters.trainer import restrain_advantage_step, rollout_answer_ids
 
@@ -40,7 +40,7 @@ def _step(records, method, *overrides, seed=0):
 def _reference_ids(keys, rows):
     """Answer cluster of each row, clustering each group's answers in sampling order."""
     sessions = [int(key.rsplit("_", 2)[1]) for key in keys]
-    kinds = ["choice" if row["data_source"] in ("gpqa_diamond", "mmlu_stem") else "math" for row in rows]
+    kinds = [row["extra_fields"]["reward_extra_info"]["kind"] for row in rows]
     ids = [0] * len(rows)
     for uid in {row["uid"] for row in rows}:
         members = sorted((i for i, row in enumerate(rows) if row["uid"] == uid), key=lambda i: sessions[i])
@@ -80,10 +80,16 @@ def test_ttrl_equals_verls_grpo_on_the_majority_vote_reward(scored):
     assert torch.equal(data.batch["token_level_rewards"], _last_token(reward, mask))
 
 
+def _u(row, sigma=defaults.SIGMA, center=defaults.CENTER):
+    """u_x = g(c_ref / n_ref) from the row's stored counts."""
+    count, samples = row[defaults.REF_MAJORITY_COUNT_COLUMN], row[defaults.REF_NUM_SAMPLES_COLUMN]
+    return prompt_weight(count, samples, sigma, center).item()
+
+
 def test_restrain_is_the_package_estimator_with_prompt_weights(scored):
     keys, rows, data, metrics = _step(scored["gold"], "restrain")
     group_index = torch.tensor([["uid-clear", "uid-forms", "uid-tie", "uid-spread"].index(r["uid"]) for r in rows])
-    u = torch.tensor([row[defaults.PROMPT_WEIGHT_COLUMN] for row in rows])
+    u = torch.tensor([_u(row) for row in rows])
     expected = compute_restrain_advantage(
         _reference_ids(keys, rows), group_index, u,
         weighting="gaussian", sigma=defaults.SIGMA, center=defaults.CENTER, kappa=defaults.KAPPA, delta=defaults.DELTA,
@@ -93,9 +99,41 @@ def test_restrain_is_the_package_estimator_with_prompt_weights(scored):
     # uid-tie (3 of 8 agree) and uid-spread (1 of 8) fall below kappa = 4: every rollout gets -u * delta
     for row, advantage in zip(rows, data.batch["advantages"][:, 0], strict=True):
         if row["uid"] in ("uid-tie", "uid-spread"):
-            assert advantage.item() == pytest.approx(-row[defaults.PROMPT_WEIGHT_COLUMN] * defaults.DELTA)
+            assert advantage.item() == pytest.approx(-_u(row) * defaults.DELTA)
     assert metrics["restrain/penalized_fraction"] == pytest.approx(0.5)
-    assert metrics["restrain/prompt_weight_mean"] == pytest.approx((0.9 + 0.5 + 0.7 + 0.2) / 4)
+    # c_ref of 16 base-model samples: 15, 8, 12, 3
+    assert metrics["restrain/prompt_weight_mean"] == pytest.approx(
+        sum(prompt_weight(c, 16).item() for c in (15, 8, 12, 3)) / 4
+    )
+
+
+def test_prompt_weights_follow_the_runs_own_sigma_from_the_stored_counts(scored):
+    """One source for u_x: the counts, shaped with the run's sigma and center (no baked-in column)."""
+    keys, rows, data, metrics = _step(scored["gold"], "restrain", "algorithm.restrain.sigma=0.8",
+                                      "algorithm.restrain.center=0.9", "algorithm.restrain.kappa=0")
+    u = {row["uid"]: _u(row, sigma=0.8, center=0.9) for row in rows}
+    assert metrics["restrain/prompt_weight_mean"] == pytest.approx(sum(u.values()) / 4)
+    unweighted = _step(scored["gold"], "restrain", "algorithm.restrain.sigma=0.8", "algorithm.restrain.center=0.9",
+                       "algorithm.restrain.kappa=0", "algorithm.restrain.use_prompt_weight=false")[2]
+    for i, row in enumerate(rows):
+        torch.testing.assert_close(data.batch["advantages"][i], unweighted.batch["advantages"][i] * u[row["uid"]])
+
+
+def test_a_user_supplied_prompt_weight_column_is_an_explicit_choice(scored):
+    keys, rows = rollout_rows(scored["gold"])
+    weights = {"uid-clear": 0.25, "uid-forms": 1.0, "uid-tie": 0.5, "uid-spread": 2.0}
+    rows = [dict(row, my_weight=weights[row["uid"]]) for row in rows]
+    config = compose_config("algorithm.restrain.prompt_weight_source=column",
+                            "algorithm.restrain.prompt_weight_key=my_weight")
+    metrics = restrain_advantage_step(rows_to_dataproto(rows), keys, config.algorithm)
+    assert metrics["restrain/prompt_weight_mean"] == pytest.approx(sum(weights.values()) / 4)
+
+
+def test_online_prompt_weights_come_from_the_steps_own_vote(scored):
+    keys, rows, data, metrics = _step(scored["gold"], "restrain", "algorithm.restrain.prompt_weight_source=online")
+    # majorities of 8 rollouts: clear 5 (12), forms 4 (3; 1/2 in three forms has 3), tie 3, spread 1
+    expected = sum(prompt_weight(m, 8).item() for m in (5, 4, 3, 1)) / 4
+    assert metrics["restrain/prompt_weight_mean"] == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -190,12 +228,35 @@ def test_rollouts_without_the_restrain_reward_manager_fail_clearly(scored):
         restrain_advantage_step(rows_to_dataproto(rows), keys, compose_config().algorithm)
 
 
-@pytest.mark.parametrize("bad", [None, -0.5, float("nan")])
-def test_bad_prompt_weights_fail_clearly(scored, bad):
+@pytest.mark.parametrize(
+    "column, bad",
+    [
+        (defaults.REF_MAJORITY_COUNT_COLUMN, None),
+        (defaults.REF_MAJORITY_COUNT_COLUMN, -1),
+        (defaults.REF_MAJORITY_COUNT_COLUMN, 17),  # more than n_ref = 16
+        (defaults.REF_MAJORITY_COUNT_COLUMN, 2.5),
+        (defaults.REF_MAJORITY_COUNT_COLUMN, "twelve"),
+        (defaults.REF_NUM_SAMPLES_COLUMN, 0),
+        (defaults.REF_NUM_SAMPLES_COLUMN, float("nan")),
+    ],
+)
+def test_bad_prompt_weight_counts_fail_clearly(scored, column, bad):
     keys, rows = rollout_rows(scored["gold"])
-    rows[0] = dict(rows[0], **{defaults.PROMPT_WEIGHT_COLUMN: bad})
-    with pytest.raises(ValueError, match=f"prompt weight column '{defaults.PROMPT_WEIGHT_COLUMN}'"):
+    rows[0] = dict(rows[0], **{column: bad})
+    with pytest.raises(ValueError, match="cannot give a prompt weight") as error:
         restrain_advantage_step(rows_to_dataproto(rows), keys, compose_config().algorithm)
+    assert defaults.REF_MAJORITY_COUNT_COLUMN in str(error.value) and "restrain-score-prompts" in str(error.value)
+
+
+@pytest.mark.parametrize("bad", [None, -0.5, float("nan"), "heavy"])
+def test_bad_prompt_weights_in_a_user_column_fail_clearly(scored, bad):
+    keys, rows = rollout_rows(scored["gold"])
+    rows = [dict(row, my_weight=1.0) for row in rows]
+    rows[0]["my_weight"] = bad
+    config = compose_config("algorithm.restrain.prompt_weight_source=column",
+                            "algorithm.restrain.prompt_weight_key=my_weight")
+    with pytest.raises(ValueError, match="column 'my_weight' must hold a finite number >= 0"):
+        restrain_advantage_step(rows_to_dataproto(rows), keys, config.algorithm)
 
 
 def test_the_estimator_in_a_stock_trainer_says_which_trainer_to_use(scored):

@@ -1,8 +1,11 @@
-"""The verl.plugins entry point: registration in fresh processes, idempotence, loud failures."""
+"""The verl.plugins entry point: registration in fresh processes, idempotence, loud failures, lightness."""
 
 import importlib
+import json
+import runpy
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +18,19 @@ print("estimator", get_adv_estimator_fn("restrain").__qualname__)
 print("reward_manager", get_reward_manager_cls("restrain").__qualname__)
 print("trainer", get_trainer_cls("restrain").__qualname__, get_trainer_cls("restrain").loop_mode)
 print("trainer_async", get_trainer_cls("restrain_colocate_async").__qualname__)
+from verl.trainer.ppo.core_algos import get_policy_loss_fn
+print("policy_loss", get_policy_loss_fn("restrain_per_label").__qualname__)
 print("failures", plugin.FAILURES)
+"""
+
+LAZY = """
+import json, sys
+import verl
+after_verl = sorted(m for m in sys.modules if m.startswith(("verl_restrain", "verl.trainer", "verl.experimental")))
+from verl.trainer.ppo import core_algos
+after_core_algos = sorted(m for m in sys.modules if m.startswith("verl_restrain.adapters"))
+print(json.dumps({"after_verl": after_verl, "after_core_algos": after_core_algos,
+                  "estimator": "restrain" in core_algos.ADV_ESTIMATOR_REGISTRY}))
 """
 
 
@@ -46,6 +61,7 @@ SCRIPTS = {
     "verl": "import verl\n" + REPORT_REGISTRIES,
     "verl_restrain.adapters.trainer": "import verl_restrain.adapters.trainer\n" + REPORT_REGISTRIES,
     "failing": FAILING_PIECES,
+    "lazy": LAZY,
 }
 
 
@@ -77,6 +93,7 @@ def test_plain_import_verl_registers_everything_in_a_fresh_process(first_import,
     assert report["reward_manager"] == "RestrainRewardManager"
     assert report["trainer"] == "RestrainTrainer sync"
     assert report["trainer_async"] == "RestrainColocateAsyncTrainer"
+    assert report["policy_loss"] == "compute_policy_loss_per_label"
     assert report["failures"] == "{}"
     assert "could not register" not in result.stderr
 
@@ -147,3 +164,34 @@ def test_a_foreign_registration_under_our_name_is_a_conflict(isolated_registries
     assert list(failures) == ["advantage estimator"]
     assert "already registered" in failures["advantage estimator"]
     assert estimators["restrain"] is someone_elses_estimator
+
+
+def test_import_verl_loads_no_adapter_until_verl_needs_one(fresh_processes):
+    """Every verl process imports the plugin; only the registry module verl imports loads its adapter."""
+    result = fresh_processes["lazy"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # The entry point, its registration helper and the names it registers; no adapter, no answer
+    # engine, no math, and not one verl module more than `import verl` loads by itself.
+    assert set(report["after_verl"]) == {
+        "verl_restrain", "verl_restrain.adapters", "verl_restrain.adapters.plugin", "verl_restrain.adapters.registration",
+        "verl_restrain.adapters.settings", "verl_restrain.config", "verl_restrain.defaults", "verl_restrain.methods",
+    }
+    # core_algos brings the estimator and the policy loss (both register there), not the trainers.
+    assert report["estimator"]
+    assert "verl_restrain.adapters.estimator" in report["after_core_algos"]
+    assert "verl_restrain.adapters.actor_loss" in report["after_core_algos"]
+    assert "verl_restrain.adapters.trainer" not in report["after_core_algos"]
+
+
+BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench_plugin.py"
+
+
+def test_plugin_benchmark_runs_and_reports_its_bars(capsys):
+    # Timing is not checked here (CI machines are noisy); the script's own run checks the bars.
+    bench = runpy.run_path(str(BENCH), run_name="bench_plugin")
+    assert bench["main"](["--repeats", "1", "--max-ratio", "1e9", "--max-memory-mib", "1e9"]) == 0
+    out = capsys.readouterr().out
+    assert "time ratio plugin/none:" in out and "extra peak memory:" in out
+    assert "'verl_restrain.adapters.plugin'" in out
+    assert bench["verdict"](1.2, 1.15, "") == "1.200 (MISSES the bar of 1.15)"

@@ -44,8 +44,8 @@ def records():
 def train_file(tmp_path):
     path = tmp_path / "train.parquet"
     prompt = [{"role": "user", "content": "What is 2 + 3?"}]
-    pq.write_table(pa.table({"prompt": [prompt], defaults.PROMPT_WEIGHT_COLUMN: [1.0],
-                             defaults.REF_MAJORITY_ANSWER_COLUMN: ["5"]}), path)
+    pq.write_table(pa.table({"prompt": [prompt], defaults.REF_MAJORITY_COUNT_COLUMN: [16],
+                             defaults.REF_NUM_SAMPLES_COLUMN: [16], defaults.REF_MAJORITY_ANSWER_COLUMN: ["5"]}), path)
     return str(path)
 
 
@@ -107,8 +107,12 @@ def test_advantage_step_through_transfer_queue(transfer_queue, records, train_fi
     expected = rows_to_dataproto(rows)
     expected_metrics = restrain_advantage_step(expected, keys, config.algorithm)
     width = expected.batch["response_mask"].shape[1]
-    for field in ("advantages", "returns", "token_level_rewards"):
+    fields = ["advantages", "returns", "token_level_rewards", "restrain_positive_advantages",
+              "restrain_negative_advantages"]
+    for field in fields:
         assert torch.equal(_get(tq, batch, field)[:, :width], expected.batch[field]), field
+    # the parts the per-label actor loss reads add up to the combined advantage verl's metrics read
+    torch.testing.assert_close(expected.batch[fields[3]] + expected.batch[fields[4]], expected.batch["advantages"])
     assert {name: value for name, value in metrics.items() if name.startswith("restrain/")} == expected_metrics
     # verl's rollout correction ran on the log-probs, as in verl's own advantage step.
     assert any(name.startswith("rollout_corr/") for name in metrics)
@@ -143,9 +147,9 @@ def test_ttrl_through_transfer_queue_equals_verls_grpo_step(transfer_queue, reco
 def test_a_missing_dataset_column_fails_at_the_step(transfer_queue, records, train_file):
     tq = transfer_queue
     keys, rows = rollout_rows(records, seed=1)
-    rows = [{name: value for name, value in row.items() if name != defaults.PROMPT_WEIGHT_COLUMN} for row in rows]
+    rows = [{name: value for name, value in row.items() if name != defaults.REF_NUM_SAMPLES_COLUMN} for row in rows]
     batch = _put(tq, keys, rows)
     trainer = RestrainTrainer(compose_config(f"data.train_files={train_file}"))
-    with pytest.raises(ValueError, match=f"no field\\(s\\) \\['{defaults.PROMPT_WEIGHT_COLUMN}'\\]"):
+    with pytest.raises(ValueError, match=f"no field\\(s\\) \\['{defaults.REF_NUM_SAMPLES_COLUMN}'\\]"):
         trainer._compute_advantage(batch, {})
     tq.kv_clear(keys=batch.keys, partition_id="train")

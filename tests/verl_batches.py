@@ -22,6 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from verl_restrain import defaults
 from verl_restrain.config import CONFIG_DIR
 
+REF_SAMPLES = 16
+"""n_ref, the base-model samples behind every group's c_ref."""
+
 SWITCHES = [
     "algorithm.adv_estimator=restrain",
     "reward.reward_manager.name=restrain",
@@ -54,8 +57,9 @@ class Group:
     data_source: str
     ground_truth: str | None
     responses: list[str]
-    prompt_weight: float = 1.0
+    ref_majority_count: int = 16  # c_ref of the base model's n_ref = REF_SAMPLES samples
     offline_label: str | None = None
+    kind: str | None = None  # the row's extra_info.kind, as this package's data preparation writes it
     extra_columns: dict = field(default_factory=dict)
 
 
@@ -71,7 +75,7 @@ def default_groups() -> list[Group]:
             "dapo_math_14k",
             "12",
             [boxed("12")] * 5 + [boxed("7"), boxed("7"), "I am not sure."],
-            prompt_weight=0.9,
+            ref_majority_count=15,
             offline_label="12",
         ),
         Group(
@@ -79,7 +83,7 @@ def default_groups() -> list[Group]:
             "math500",
             "\\frac{1}{2}",
             [boxed("\\frac{1}{2}"), boxed("0.5"), boxed("1/2")] + [boxed("3")] * 4 + [boxed("4")],
-            prompt_weight=0.5,
+            ref_majority_count=8,
             offline_label="3",
         ),
         Group(
@@ -87,7 +91,7 @@ def default_groups() -> list[Group]:
             "gpqa_diamond",
             "B",
             ["The answer is (B)"] * 3 + ["The answer is (C)"] * 3 + ["The answer is (A)", "Hmm."],
-            prompt_weight=0.7,
+            ref_majority_count=12,
             offline_label=None,
         ),
         Group(
@@ -95,7 +99,7 @@ def default_groups() -> list[Group]:
             "aime24",
             "5",
             [boxed(str(k)) for k in range(1, 8)] + ["no idea"],
-            prompt_weight=0.2,
+            ref_majority_count=3,
             offline_label="5",
         ),
     ]
@@ -114,7 +118,8 @@ def _dataproto(tokenizer, group: Group, response: str):
     prompts = torch.tensor([prompt_ids])
     responses = torch.tensor([response_ids])
     input_ids = torch.cat([prompts, responses], dim=1)
-    row = {"data_source": group.data_source, "uid": group.uid, "extra_info": {"index": 0}}
+    extra_info = {"index": 0} if group.kind is None else {"index": 0, "kind": group.kind}
+    row = {"data_source": group.data_source, "uid": group.uid, "extra_info": extra_info}
     if group.ground_truth is not None:
         row["reward_model"] = {"style": "rule", "ground_truth": group.ground_truth}
     batch = TensorDict(
@@ -158,7 +163,8 @@ def rollout_rows(records: list[dict], seed: int = 0) -> tuple[list[str], list[di
             "response_mask": torch.ones(length, dtype=torch.int64),
             "rm_scores": rm_scores,
             "extra_fields": {"reward_extra_info": record["result"]["reward_extra_info"]},
-            defaults.PROMPT_WEIGHT_COLUMN: group.prompt_weight,
+            defaults.REF_MAJORITY_COUNT_COLUMN: group.ref_majority_count,
+            defaults.REF_NUM_SAMPLES_COLUMN: REF_SAMPLES,
             defaults.REF_MAJORITY_ANSWER_COLUMN: group.offline_label,
             **group.extra_columns,
         }

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 WEIGHTINGS = ("gaussian", "uniform", "majority")
 LABEL_MODES = ("self", "offline")
+PROMPT_WEIGHT_SOURCES = ("offline", "online", "column")
+CLIP_MODES = ("per_label", "combined")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import hydra
 from verl.trainer import main_ppo as verl_main_ppo
 
-from verl_restrain.adapters.settings import ESTIMATOR_NAME, validate_training_config
+from verl_restrain.adapters.checks import validate_training_config
+from verl_restrain.adapters.settings import ESTIMATOR_NAME
 from verl_restrain.config import CONFIG_DIR
 
 

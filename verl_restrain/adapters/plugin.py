@@ -1,77 +1,56 @@
-"""verl plugin entry point: registers RESTRAIN in verl's own registries.
+"""verl plugin entry point: RESTRAIN's pieces reach verl's registries when verl first needs them.
 
 verl imports this module on ``import verl`` in every process (the ``verl.plugins`` entry point
-``restrain``, policy ``VERL_USE_EXTERNAL_PLUGINS``), the Ray workers included. Importing it
-registers, through verl's registration functions:
+``restrain``, policy ``VERL_USE_EXTERNAL_PLUGINS``): the driver, the task runner and every Ray
+worker, the reward and rollout workers included. Most of those processes never build a trainer, so
+importing this module imports nothing of verl. Each piece is loaded right after the verl module that
+holds its registry finishes importing (an import hook on that module), and registers itself where it
+is defined (:mod:`verl_restrain.adapters.registration`):
 
-* the advantage estimator ``restrain`` (``core_algos.register_adv_est``),
-  :func:`verl_restrain.adapters.estimator.compute_restrain_outcome_advantage`;
-* the reward manager ``restrain`` (``reward_loop.reward_manager.register``),
-  :class:`verl_restrain.adapters.reward_manager.RestrainRewardManager`;
-* the v1 trainers ``restrain`` and ``restrain_colocate_async`` (``v1.register_trainer``),
-  :mod:`verl_restrain.adapters.trainer`.
+=====================  ==============================================  ===================================
+piece                  loaded after                                    adapter
+=====================  ==============================================  ===================================
+advantage estimator    ``verl.trainer.ppo.core_algos``                 :mod:`~verl_restrain.adapters.estimator`
+policy loss            ``verl.trainer.ppo.core_algos``                 :mod:`~verl_restrain.adapters.actor_loss`
+reward manager         ``verl.experimental.reward_loop.reward_manager``  :mod:`~verl_restrain.adapters.reward_manager`
+trainers               ``verl.trainer.ppo.v1``                         :mod:`~verl_restrain.adapters.trainer`
+=====================  ==============================================  ===================================
 
-verl swallows plugin import errors at debug level, so each piece is registered on its own and a
-failure is loud: it is logged at ERROR with its traceback, recorded in :data:`FAILURES`, and a
-placeholder is registered under the same name that raises the cause when verl uses it (instead of
-verl's bare "unknown estimator/trainer/reward manager").
-
-Registering twice is harmless: the same object again is a no-op, and a reloaded module's definition
-(same module and qualified name) replaces the stale one. Any other object already registered under
-one of these names is reported as a conflict.
-
-Import order: ``verl_restrain.adapters.trainer`` and ``verl_restrain.adapters.reward_manager`` import verl, so when
-one of them is imported before verl, verl's plugin loader runs this module while that adapter is
-half-executed. Its piece is then deferred, and the adapter registers it in its last line
-(:func:`complete_registration`).
+verl swallows plugin import errors at debug level, so a piece that fails to load is loud: it is
+logged at ERROR with its traceback, recorded in :data:`FAILURES`, and a placeholder is registered
+under its name that raises the cause when verl uses it (instead of verl's bare "unknown estimator").
+Registering twice is harmless (:func:`register_all`, module reloads).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
 import logging
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from verl_restrain.adapters.registration import DECLARED, PLACEHOLDER, register_idempotent
+from verl_restrain.adapters.settings import ESTIMATOR_NAME, POLICY_LOSS_NAME, REWARD_MANAGER_NAME, TRAINER_LOOPS
+from verl_restrain.config import register_resolvers
+
 logger = logging.getLogger(__name__)
 
-try:
-    from verl_restrain.adapters.settings import ESTIMATOR_NAME, REWARD_MANAGER_NAME, TRAINER_LOOPS
-except Exception:
-    # verl would swallow this at debug level; nothing can be registered without the names.
-    logger.error("verl-restrain could not load verl_restrain.config; nothing is registered", exc_info=True)
-    raise
+__all__ = ["FAILURES", "PIECES", "register_all"]
 
-__all__ = ["FAILURES", "complete_registration", "register_all"]
+PIECES: dict[str, tuple[str, str]] = {
+    "advantage estimator": ("verl.trainer.ppo.core_algos", "verl_restrain.adapters.estimator"),
+    "policy loss": ("verl.trainer.ppo.core_algos", "verl_restrain.adapters.actor_loss"),
+    "reward manager": ("verl.experimental.reward_loop.reward_manager", "verl_restrain.adapters.reward_manager"),
+    "trainers": ("verl.trainer.ppo.v1", "verl_restrain.adapters.trainer"),
+}
+"""Piece -> (the verl module whose import loads it, the adapter module that registers it)."""
 
 FAILURES: dict[str, str] = {}
-"""Piece ("advantage estimator", "reward manager", "trainers") -> cause, for each that failed to load."""
+"""Piece -> cause, for each piece that failed to load in this process."""
 
-_PLACEHOLDER = "_restrain_unavailable"
-
-_DEFERRED: set[str] = set()
-
-
-def _replaceable(existing: Any, new: Any) -> bool:
-    """Whether ``existing`` is this package's own earlier registration of ``new``."""
-    if getattr(existing, _PLACEHOLDER, False):
-        return True
-    return (getattr(existing, "__module__", None), getattr(existing, "__qualname__", None)) == (
-        getattr(new, "__module__", None),
-        getattr(new, "__qualname__", None),
-    )
-
-
-def _register(registry: dict, name: str, obj: Any, register: Callable[[str], Callable[[Any], Any]]) -> None:
-    """``register(name)(obj)`` into verl's ``registry``, idempotently (rules in the module docstring)."""
-    existing = registry.get(name)
-    if existing is obj:
-        return
-    if existing is not None:
-        if not _replaceable(existing, obj):
-            raise RuntimeError(f"the name {name!r} is already registered to {existing!r} by another package")
-        del registry[name]
-    register(name)(obj)
+_register = register_idempotent
 
 
 def _unavailable(kind: str, name: str, cause: str) -> str:
@@ -81,109 +60,132 @@ def _unavailable(kind: str, name: str, cause: str) -> str:
     )
 
 
-def _register_estimator(cause: str | None = None) -> None:
-    from verl.trainer.ppo import core_algos
+def _raiser(kind: str, name: str, cause: str) -> Callable[..., Any]:
+    def unavailable(*args: Any, **kwargs: Any):
+        raise RuntimeError(_unavailable(kind, name, cause))
 
-    if cause is None:
-        from verl_restrain.adapters.estimator import compute_restrain_outcome_advantage as estimator
-    else:
-
-        def estimator(*args: Any, **kwargs: Any):
-            raise RuntimeError(_unavailable("advantage estimator", ESTIMATOR_NAME, cause))
-
-        setattr(estimator, _PLACEHOLDER, True)
-    _register(core_algos.ADV_ESTIMATOR_REGISTRY, ESTIMATOR_NAME, estimator, core_algos.register_adv_est)
+    setattr(unavailable, PLACEHOLDER, True)
+    return unavailable
 
 
-def _register_reward_manager(cause: str | None = None) -> None:
-    from verl.experimental.reward_loop.reward_manager import registry
+def _register_placeholders(piece: str, cause: str) -> None:
+    """Register, under each name of ``piece``, a stand-in that raises ``cause`` when verl uses it."""
+    if piece == "advantage estimator":
+        from verl.trainer.ppo import core_algos
 
-    if cause is None:
-        from verl_restrain.adapters.reward_manager import RestrainRewardManager as manager
-    else:
+        estimator = _raiser("advantage estimator", ESTIMATOR_NAME, cause)
+        _register(core_algos.ADV_ESTIMATOR_REGISTRY, ESTIMATOR_NAME, estimator, core_algos.register_adv_est)
+    elif piece == "policy loss":
+        from verl.trainer.ppo import core_algos
+
+        loss = _raiser("policy loss", POLICY_LOSS_NAME, cause)
+        _register(core_algos.POLICY_LOSS_REGISTRY, POLICY_LOSS_NAME, loss, core_algos.register_policy_loss)
+    elif piece == "reward manager":
+        from verl.experimental.reward_loop.reward_manager import registry
         from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
-        class manager(RewardManagerBase):  # noqa: N801
-            def __init__(self, *args: Any, **kwargs: Any):
-                raise RuntimeError(_unavailable("reward manager", REWARD_MANAGER_NAME, cause))
-
-            async def run_single(self, data):
-                raise RuntimeError(_unavailable("reward manager", REWARD_MANAGER_NAME, cause))
-
-        setattr(manager, _PLACEHOLDER, True)
-    _register(registry.REWARD_MANAGER, REWARD_MANAGER_NAME, manager, registry.register)
-
-
-def _register_trainers(cause: str | None = None) -> None:
-    from verl.trainer.ppo.v1 import trainer_base
-
-    if cause is None:
-        from verl_restrain.adapters.trainer import RestrainColocateAsyncTrainer, RestrainTrainer
-
-        trainers = {"restrain": RestrainTrainer, "restrain_colocate_async": RestrainColocateAsyncTrainer}
-    else:
+        fail = _raiser("reward manager", REWARD_MANAGER_NAME, cause)
+        manager = type("UnavailableRewardManager", (RewardManagerBase,), {"__init__": fail, "run_single": fail})
+        setattr(manager, PLACEHOLDER, True)
+        _register(registry.REWARD_MANAGER, REWARD_MANAGER_NAME, manager, registry.register)
+    elif piece == "trainers":
+        from verl.trainer.ppo.v1 import trainer_base
         from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
-        def placeholder(name: str) -> type:
-            def __init__(self, config):
-                raise RuntimeError(_unavailable("trainer", name, cause))
-
-            return type(f"Unavailable_{name}", (PPOTrainerSync,), {"__init__": __init__, _PLACEHOLDER: True})
-
-        trainers = {name: placeholder(name) for name in TRAINER_LOOPS}
-    for name, trainer in trainers.items():
-        _register(trainer_base.TRAINER_REGISTRY, name, trainer, trainer_base.register_trainer)
+        for name in TRAINER_LOOPS:
+            trainer = type(
+                f"Unavailable_{name}", (PPOTrainerSync,), {"__init__": _raiser("trainer", name, cause), PLACEHOLDER: True}
+            )
+            _register(trainer_base.TRAINER_REGISTRY, name, trainer, trainer_base.register_trainer)
 
 
-_PIECES = {
-    "advantage estimator": _register_estimator,
-    "reward manager": _register_reward_manager,
-    "trainers": _register_trainers,
-}
-_ADAPTERS = {
-    "advantage estimator": ("verl_restrain.adapters.estimator", ("compute_restrain_outcome_advantage",)),
-    "reward manager": ("verl_restrain.adapters.reward_manager", ("RestrainRewardManager",)),
-    "trainers": ("verl_restrain.adapters.trainer", ("RestrainTrainer", "RestrainColocateAsyncTrainer")),
-}
-
-
-def _half_imported(piece: str) -> bool:
-    """Whether the piece's adapter module is being imported right now (its import imported verl)."""
-    module_name, names = _ADAPTERS[piece]
-    module = sys.modules.get(module_name)
-    return module is not None and not all(hasattr(module, name) for name in names)
-
-
-def _register_piece(piece: str) -> None:
-    register = _PIECES[piece]
+def _load(piece: str) -> None:
+    """Import ``piece``'s adapter (which registers itself) and re-apply its registrations; never raises."""
     try:
-        register()
+        importlib.import_module(PIECES[piece][1])
+        for registration in DECLARED.get(piece, []):
+            registration.apply()
         FAILURES.pop(piece, None)
     except Exception as error:
         cause = f"{type(error).__name__}: {error}"
         FAILURES[piece] = cause
         logger.error("verl-restrain could not register its %s: %s", piece, cause, exc_info=True)
         try:
-            register(cause)
+            _register_placeholders(piece, cause)
         except Exception:
             logger.error("verl-restrain could not register a placeholder for its %s", piece, exc_info=True)
 
 
 def register_all() -> dict[str, str]:
-    """Register every piece (deferring any whose adapter is mid-import); returns :data:`FAILURES`."""
-    for piece in _PIECES:
-        if _half_imported(piece):
-            _DEFERRED.add(piece)
-        else:
-            _register_piece(piece)
+    """Load every piece now (importing the verl modules that hold the registries); returns :data:`FAILURES`."""
+    for piece in PIECES:
+        _load(piece)
     return FAILURES
 
 
-def complete_registration(piece: str) -> None:
-    """Register ``piece`` if :func:`register_all` deferred it; called at the end of its adapter module."""
-    if piece in _DEFERRED:
-        _DEFERRED.discard(piece)
-        _register_piece(piece)
+class _NotifyingLoader(importlib.abc.Loader):
+    """Runs ``callback`` once the wrapped loader has executed its module, then steps aside."""
+
+    def __init__(self, loader: importlib.abc.Loader, callback: Callable[[], None]) -> None:
+        self._loader = loader
+        self._callback = callback
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        module.__loader__ = module.__spec__.loader = self._loader
+        self._callback()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
 
 
-register_all()
+class AfterImport(importlib.abc.MetaPathFinder):
+    """A meta-path finder that calls back once a watched module has been imported."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[str]] = {}
+
+    def watch(self, module: str, piece: str) -> None:
+        self.pending.setdefault(module, []).append(piece)
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None):
+        if fullname not in self.pending:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        pieces = self.pending.pop(fullname)
+        if spec.loader is not None:
+            spec.loader = _NotifyingLoader(spec.loader, lambda: [_load(piece) for piece in pieces])
+        return spec
+
+
+def _imported(module: str) -> bool:
+    loaded = sys.modules.get(module)
+    return loaded is not None and not getattr(getattr(loaded, "__spec__", None), "_initializing", False)
+
+
+def _install() -> None:
+    """Load the pieces whose verl module is already imported; watch for the others."""
+    ours = (__name__, AfterImport.__qualname__)
+    sys.meta_path[:] = [f for f in sys.meta_path if (type(f).__module__, type(f).__qualname__) != ours]
+    finder = AfterImport()
+    for piece, (trigger, _) in PIECES.items():
+        if _imported(trigger):
+            _load(piece)
+        else:
+            finder.watch(trigger, piece)
+    if finder.pending:
+        sys.meta_path.insert(0, finder)
+
+
+register_resolvers()
+_install()

@@ -1,13 +1,15 @@
 """The ``restrain`` reward manager: extracts each rollout's final answer in verl's reward workers.
 
-Registered by ``verl_restrain.adapters.plugin`` with
-``verl.experimental.reward_loop.reward_manager.register("restrain")`` and chosen with
-``reward.reward_manager.name=restrain``. verl runs it on one rollout at a time, in parallel reward
+Registered where it is defined, in ``verl.experimental.reward_loop.reward_manager``'s registry, and
+chosen with ``reward.reward_manager.name=restrain``. verl runs it on one rollout at a time, in parallel reward
 workers, as soon as the rollout finishes; what it returns travels with the rollout in
 TransferQueue (``rm_scores`` and ``extra_fields["reward_extra_info"]``).
 
 ``reward_extra_info`` (the same keys for every rollout):
 
+* ``kind``: the row's answer kind (``math`` or ``choice``, by
+  :func:`verl_restrain.answers.kinds.answer_kind` from its ``data_source`` and ``extra_info``); the
+  trainer votes and matches offline labels with the same kind.
 * ``pred``: the canonical final answer (:func:`verl_restrain.answers.extract_answer`), "" when
   there is none. The ``restrain`` trainer votes on it; verl's validation turns it into ``maj@k``.
 * ``has_answer``: whether ``pred`` is a valid answer.
@@ -26,7 +28,8 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
 from verl_restrain import answers
-from verl_restrain.adapters.settings import RestrainConfig
+from verl_restrain.adapters.registration import registered
+from verl_restrain.adapters.settings import REWARD_MANAGER_NAME, RestrainConfig
 
 __all__ = ["RestrainRewardManager", "ground_truth_of"]
 
@@ -43,6 +46,10 @@ def ground_truth_of(non_tensor: dict) -> str | None:
     return gold or None
 
 
+@registered(
+    "reward manager", "verl.experimental.reward_loop.reward_manager.registry", "REWARD_MANAGER", "register",
+    REWARD_MANAGER_NAME,
+)
 class RestrainRewardManager(RewardManagerBase):
     """Decodes a rollout, extracts its final answer and grades it against gold when present."""
 
@@ -50,9 +57,11 @@ class RestrainRewardManager(RewardManagerBase):
         super().__init__(config, tokenizer, compute_score)
         self.restrain = RestrainConfig.from_algorithm(config.get("algorithm", None))
 
-    def score_text(self, response: str, data_source: Any, ground_truth: str | None) -> dict[str, Any]:
+    def score_text(
+        self, response: str, data_source: Any, ground_truth: str | None, extra_info: Any = None
+    ) -> dict[str, Any]:
         """``reward_score`` and ``reward_extra_info`` of one decoded response."""
-        kind = self.restrain.answer_kind(data_source)
+        kind = self.restrain.answer_kind(data_source, extra_info)
         prediction = answers.extract_answer(response, kind)
         has_gold = ground_truth is not None
         correct = has_gold and prediction is not None and answers.is_correct(response, ground_truth, kind)
@@ -61,6 +70,7 @@ class RestrainRewardManager(RewardManagerBase):
             "reward_score": acc,
             "reward_extra_info": {
                 "acc": acc,
+                "kind": kind,
                 "pred": prediction or "",
                 "has_answer": prediction is not None,
                 "has_gold": has_gold,
@@ -82,11 +92,8 @@ class RestrainRewardManager(RewardManagerBase):
         # Extraction and Math-Verify are CPU work with their own time bounds; keep the event loop free.
         return await self.loop.run_in_executor(
             None,
-            lambda: self.score_text(response, non_tensor.get("data_source", ""), ground_truth_of(non_tensor)),
+            lambda: self.score_text(
+                response, non_tensor.get("data_source", ""), ground_truth_of(non_tensor), non_tensor.get("extra_info")
+            ),
         )
 
-
-# Last: when this module was imported before verl, verl's plugin loader ran while it was half-done.
-from verl_restrain.adapters import plugin as verl_plugin  # noqa: E402
-
-verl_plugin.complete_registration("reward manager")

@@ -9,8 +9,9 @@ verl's default reward (``verl.utils.reward_score.default_compute_score``) does n
 
 It grades with the same answer code as RESTRAIN's votes (:func:`verl_restrain.answers.is_correct`)
 and returns ``acc`` and ``pred`` too, so validation reports the same ``acc`` and ``maj@k`` metrics
-as a RESTRAIN run. ``reward.custom_reward_function.reward_kwargs.answer_kinds`` may extend the
-data_source -> kind map (:data:`verl_restrain.adapters.settings.DEFAULT_ANSWER_KINDS`).
+as a RESTRAIN run. A row's answer kind follows the same rule as training
+(:func:`verl_restrain.answers.kinds.answer_kind`); ``reward.custom_reward_function.reward_kwargs``
+may set ``answer_kinds`` (explicit data_source -> kind) and ``default_answer_kind``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from verl_restrain import answers
-from verl_restrain.adapters.settings import DEFAULT_ANSWER_KINDS, RestrainConfig
 
 __all__ = ["compute_score"]
 
@@ -39,10 +39,7 @@ def compute_score(
         ``{"score", "acc", "pred"}``: the score twice (verl logs ``acc`` in validation) and the
         canonical answer ("" when none), which verl's validation uses for majority voting.
     """
-    kinds = RestrainConfig(
-        answer_kinds={**DEFAULT_ANSWER_KINDS, **(answer_kinds or {})}, default_answer_kind=default_answer_kind
-    )
-    kind = kinds.answer_kind(data_source)
+    kind = answers.answer_kind(data_source, extra_info, answer_kinds, answers.check_kind(default_answer_kind))
     prediction = answers.extract_answer(solution_str, kind)
     gold = None if ground_truth is None else str(ground_truth).strip()
     correct = bool(gold) and prediction is not None and answers.is_correct(solution_str, gold, kind)

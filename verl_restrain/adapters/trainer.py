@@ -1,29 +1,28 @@
-"""The ``restrain`` trainer: verl's v1 trainer with a group-level vote in its advantage step.
+"""The ``restrain`` trainers: verl's v1 trainers with a group-level vote in their advantage step.
 
 verl's advantage step (``PPOTrainer._compute_advantage``) fetches a fixed list of fields from
 TransferQueue and calls the estimator with rewards and uids only. RESTRAIN needs every rollout's
-answer, grouped by prompt, and the prompt weight u_x. :class:`RestrainTrainer` (registered as
-``trainer.v1.trainer_mode=restrain`` by ``verl_restrain.adapters.plugin``) overrides only that step when
-``algorithm.adv_estimator=restrain``:
+answer, grouped by prompt, and the prompt weight u_x. With ``algorithm.adv_estimator=restrain``
+:class:`RestrainTrainer` (``trainer.v1.trainer_mode=restrain``, verl's ``sync`` loop) and
+:class:`RestrainColocateAsyncTrainer` (``restrain_colocate_async``) override only that step:
 
-1. fetch the answers the ``restrain`` reward manager wrote (``extra_fields["reward_extra_info"]``),
-   ``data_source`` and the u_x / offline-label dataset columns, besides verl's own fields;
+1. fetch the answers the ``restrain`` reward manager wrote (``extra_fields["reward_extra_info"]``)
+   and the dataset columns the method reads (the base model's counts, the offline label);
 2. apply verl's rollout correction exactly as the base step does;
-3. :func:`restrain_advantage_step`: cluster the answers of each prompt group
-   (:func:`verl_restrain.answers.cluster_extracted`) or match them against the fixed offline label,
-   call the registered ``restrain`` estimator with ``answer_ids`` and ``prompt_weight``, and compute
-   the ``restrain/`` metrics;
-4. write ``advantages``, ``returns`` and the pseudo-label reward (as ``token_level_rewards``, so
-   that verl's ``critic/rewards`` shows it) back to TransferQueue.
+3. :func:`restrain_advantage_step`: cluster each prompt's answers, vote once
+   (:func:`verl_restrain.advantage.restrain_step`), broadcast to tokens once, compute the
+   ``restrain/`` metrics from the same vote;
+4. write ``advantages`` and ``returns``, the pseudo-label reward as ``token_level_rewards`` (so that
+   verl's ``critic/rewards`` shows it) and, for ``clip_mode=per_label``, the advantage's two parts,
+   which the actor loss installed at startup (:mod:`verl_restrain.adapters.actor_loss`) reads.
 
-With any other estimator the trainer is verl's own. The loop is verl's ``sync`` loop
-(:class:`RestrainTrainer`) or ``colocate_async`` loop (:class:`RestrainColocateAsyncTrainer`).
+With any other estimator the trainers are verl's own.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,22 +35,23 @@ from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 
 from verl.protocol import DataProto
-from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_add_to_batch
 from verl.trainer.ppo.v1.trainer_colocate_async import PPOTrainerColocateAsync
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.groupwise import as_torch_index
 from verl.workers.utils.padding import response_to_nested
-from verl_restrain import answers
-from verl_restrain.advantage import count_votes, fixed_label_answer_ids, pseudo_label_weights
-from verl_restrain.adapters.settings import (
-    ESTIMATOR_NAME,
-    REWARD_MANAGER_NAME,
-    SCORING_COMMAND,
-    RestrainConfig,
+from verl_restrain import answers, defaults
+from verl_restrain.adapters.actor_loss import NEGATIVE_FIELD, POSITIVE_FIELD, per_label_config, restrain_ppo_loss
+from verl_restrain.adapters.checks import (
+    bad_prompt_weight_rows,
+    describe_bad_rows,
+    prompt_weight_requirement,
     validate_training_config,
 )
-from verl_restrain.diagnostics import pseudo_label_reward, restrain_metrics
-from verl_restrain.adapters.estimator import group_index_from_uids
+from verl_restrain.adapters.registration import registered
+from verl_restrain.adapters.settings import ESTIMATOR_NAME, REWARD_MANAGER_NAME, SCORING_COMMAND, RestrainConfig
+from verl_restrain.advantage import fixed_label_answer_ids, prompt_weight, restrain_step
+from verl_restrain.diagnostics import step_metrics
 
 __all__ = ["RestrainColocateAsyncTrainer", "RestrainTrainer", "restrain_advantage_step", "rollout_answer_ids"]
 
@@ -93,7 +93,7 @@ def _final_outputs(keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def _reward_extra_info(extra_fields: Any) -> dict:
     info = extra_fields.get("reward_extra_info", None) if isinstance(extra_fields, dict) else None
-    if not isinstance(info, dict) or "pred" not in info:
+    if not isinstance(info, dict) or "pred" not in info or "kind" not in info:
         raise ValueError(
             "a rollout reached the RESTRAIN advantage step without an extracted answer: set "
             f"reward.reward_manager.name={REWARD_MANAGER_NAME} (with no colocated reward model), got "
@@ -149,31 +149,35 @@ def rollout_answer_ids(
     return answer_ids
 
 
-def _prompt_weights(values: Sequence[Any], key: str) -> torch.Tensor:
-    weights = []
-    for value in values:
-        weight = float("nan") if value is None else float(value)
-        if not (math.isfinite(weight) and weight >= 0):
-            raise ValueError(
-                f"prompt weight column {key!r} holds {value!r}; u_x must be a finite number >= 0. Rescore the "
-                f"training data with: {SCORING_COMMAND.format(path='<train.parquet>')}"
-            )
-        weights.append(weight)
-    return torch.tensor(weights, dtype=torch.float32)
+def rollout_prompt_weights(restrain: RestrainConfig, columns: dict[str, Sequence[Any]]) -> torch.Tensor | None:
+    """(S,) float32 u_x of every rollout from the dataset columns the settings name, or None for none.
+
+    ``prompt_weight_source=offline`` computes u_x = g(c_ref / n_ref) with the run's sigma and center;
+    ``column`` takes the numbers as they are. Unusable values fail, naming the rows and the fix.
+    """
+    if not restrain.prompt_weight_columns:
+        return None
+    bad = bad_prompt_weight_rows(restrain, columns)
+    if bad:
+        raise ValueError(
+            f"the training batch has {describe_bad_rows(restrain, columns, bad)} that cannot give a prompt weight. "
+            f"{prompt_weight_requirement(restrain)}."
+        )
+    if restrain.prompt_weight_source == "column":
+        return torch.tensor([float(u) for u in columns[restrain.prompt_weight_key]], dtype=torch.float32)
+    counts = torch.tensor([int(c) for c in columns[restrain.ref_majority_count_key]])
+    samples = torch.tensor([int(n) for n in columns[restrain.ref_num_samples_key]])
+    return prompt_weight(counts, samples, restrain.sigma, restrain.center)
 
 
-def _last_token_index(response_mask: torch.Tensor) -> torch.Tensor:
-    """(N,) index of each row's last response token, -1 for a row without one."""
-    width = response_mask.shape[1]
-    last = width - 1 - response_mask.bool().flip(dims=[1]).to(torch.uint8).argmax(dim=1)
-    return torch.where(response_mask.bool().any(dim=1), last, -1)
-
-
-def _last_token_values(values: torch.Tensor, last_token: torch.Tensor, width: int) -> torch.Tensor:
-    """(N, width) float32 with ``values`` (N,) on each row's last response token, as verl places rm_scores."""
-    out = torch.zeros(len(values), width, dtype=torch.float32)
-    rows = torch.nonzero(last_token >= 0).squeeze(1)
-    out[rows, last_token[rows]] = values[rows].float()
+def _last_token_values(values: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """(N, T) float32 with ``values`` (N,) on each row's last response token, as verl places rm_scores."""
+    mask = response_mask.bool()
+    width = mask.shape[1]
+    last = width - 1 - mask.flip(dims=[1]).to(torch.uint8).argmax(dim=1)
+    out = torch.zeros(mask.shape, dtype=torch.float32)
+    rows = torch.nonzero(mask.any(dim=1)).squeeze(1)
+    out[rows, last[rows]] = values[rows].float()
     return out
 
 
@@ -182,89 +186,93 @@ def restrain_advantage_step(
     keys: Sequence[str],
     algorithm_config: Any,
     is_padding: Sequence[bool] | None = None,
+    *,
+    restrain: RestrainConfig | None = None,
+    rollouts_per_prompt: int | None = None,
 ) -> dict[str, float]:
-    """The group-level RESTRAIN step on one batch; writes advantages, returns, token_level_rewards.
+    """The group-level RESTRAIN step on one batch; writes the advantage fields into ``data.batch``.
 
     Args:
         data: ``batch`` with ``response_mask`` (N, T); ``non_tensor_batch`` with ``uid``,
-            ``extra_fields`` (the reward manager's ``reward_extra_info``), ``data_source`` and, when
-            the method reads them, the prompt-weight and offline-label columns
-            (:class:`RestrainConfig` names them).
+            ``extra_fields`` (the reward manager's ``reward_extra_info``) and the dataset columns
+            the method reads (:attr:`RestrainConfig.prompt_weight_columns`, ``offline_label_key``).
         keys: TransferQueue key ``{uid}_{session}_{index}`` of each row.
-        algorithm_config: verl's ``algorithm`` config (``algorithm.restrain``,
-            ``norm_adv_by_std_in_grpo``); passed to the registered estimator.
-        is_padding: rows verl added to fill the batch; left out of the metrics.
+        algorithm_config: verl's ``algorithm`` config (``norm_adv_by_std_in_grpo``, and
+            ``algorithm.restrain`` unless ``restrain`` is given).
+        is_padding: rows verl added to fill the batch: zero advantage, left out of the vote and metrics.
+        restrain: the parsed settings (parsed from ``algorithm_config`` when None).
+        rollouts_per_prompt: n (``actor_rollout_ref.rollout.n``): kappa keeps its share kappa / n in
+            a group that arrives with fewer rollouts. None compares M with kappa directly.
+
+    Writes:
+        ``advantages`` and ``returns`` (N, T), the combined advantage on every response token;
+        ``token_level_rewards`` (N, T), the pseudo-label reward on each row's last token; and for
+        ``clip_mode=per_label`` the parts ``restrain_positive_advantages`` / ``..._negative_...``.
 
     Returns:
         The ``restrain/`` metrics of the batch (padding left out).
 
     The answers come from ``pred``; ``acc``/``has_gold`` (gold) are read only for the diagnostics.
     """
-    restrain = RestrainConfig.from_algorithm(algorithm_config)
+    if restrain is None:
+        restrain = RestrainConfig.from_algorithm(algorithm_config)
     non_tensor = data.non_tensor_batch
     response_mask = data.batch["response_mask"]  # (N, T)
-    final, session, session_id = _final_outputs(keys)  # (S,), (N,), (S,)
+    rows = np.arange(len(keys))
+    if is_padding is not None:
+        rows = rows[~np.asarray(is_padding, dtype=bool)]
+    final, session, session_id = _final_outputs([keys[row] for row in rows])  # (S,), (R,), (S,)
+    final_rows = rows[final]  # (S,) row of each session's last output
 
-    infos = [_reward_extra_info(non_tensor["extra_fields"][row]) for row in final]
-    predictions = [info["pred"] or None for info in infos]
-    uids = [non_tensor["uid"][row] for row in final]
-    sources = non_tensor.get("data_source", None)
-    kinds = [restrain.answer_kind("" if sources is None else sources[row]) for row in final]
-
+    infos = [_reward_extra_info(non_tensor["extra_fields"][row]) for row in final_rows]
+    uids = [non_tensor["uid"][row] for row in final_rows]
     labels = None
     if restrain.label_mode == "offline":
-        labels = [non_tensor[restrain.offline_label_key][row] for row in final]
-    prompt_weight = None
-    if restrain.use_prompt_weight:
-        column = non_tensor[restrain.prompt_weight_key]
-        prompt_weight = _prompt_weights([column[row] for row in final], restrain.prompt_weight_key)  # (S,)
+        labels = [non_tensor[restrain.offline_label_key][row] for row in final_rows]
+    columns = {name: [non_tensor[name][row] for row in final_rows] for name in restrain.prompt_weight_columns}
 
-    answer_ids = rollout_answer_ids(predictions, uids, kinds, labels, session_id.tolist())  # (S,)
-    group_index = group_index_from_uids(uids)  # (S,)
-    votes = count_votes(answer_ids, group_index)
-    weights = pseudo_label_weights(votes, restrain.weighting, restrain.sigma, restrain.center)
-    reward = pseudo_label_reward(votes, weights)  # (S,)
-
-    single_output = len(final) == len(keys)  # every session one output: final is the identity
-    final_mask = response_mask if single_output else response_mask[final]  # (S, T)
-    last_token = _last_token_index(response_mask)  # (N,)
-    width = response_mask.shape[1]
-    estimator = core_algos.get_adv_estimator_fn(ESTIMATOR_NAME)
-    advantages, _ = estimator(
-        token_level_rewards=_last_token_values(reward, last_token[final], width),
-        response_mask=final_mask,
-        config=algorithm_config,
-        index=np.array(uids, dtype=object),
-        answer_ids=answer_ids,
-        prompt_weight=prompt_weight,
-    )  # (S, T)
-    # One scalar per session, broadcast to all its outputs (verl's multi-trajectory GRPO rule).
-    first_token = final_mask.argmax(dim=1)
-    per_session = advantages[torch.arange(len(final)), first_token]  # (S,)
-    session_index = torch.from_numpy(session)
-    data.batch["advantages"] = per_session[session_index].unsqueeze(-1) * response_mask
-    data.batch["returns"] = data.batch["advantages"]
-    data.batch["token_level_rewards"] = _last_token_values(reward[session_index], last_token, width)
-
-    keep = np.ones(len(final), dtype=bool)
-    if is_padding is not None:
-        keep = ~np.asarray(is_padding, dtype=bool)[final]
-    if not keep.any():
-        return {}
-    keep_rows = torch.from_numpy(np.flatnonzero(keep))
-    correct = torch.tensor([float(info.get("acc", 0.0)) > 0.5 for info in infos])
-    has_gold = torch.tensor([bool(info.get("has_gold", False)) for info in infos])
-    return restrain_metrics(
-        answer_ids[keep_rows],
-        group_index[keep_rows],
+    answer_ids = rollout_answer_ids(
+        [info["pred"] or None for info in infos], uids, [info["kind"] for info in infos], labels, session_id.tolist()
+    )  # (S,)
+    step = restrain_step(
+        answer_ids,
+        as_torch_index(np.array(uids, dtype=object), device="cpu"),
+        rollout_prompt_weights(restrain, columns),
         weighting=restrain.weighting,
         sigma=restrain.sigma,
         center=restrain.center,
         kappa=restrain.kappa,
-        prompt_weight=None if prompt_weight is None else prompt_weight[keep_rows],
-        correct=correct[keep_rows],
-        has_gold=has_gold[keep_rows],
+        delta=restrain.delta,
+        norm_adv_by_std=bool(algorithm_config.get("norm_adv_by_std_in_grpo", True)),
+        epsilon=defaults.EPSILON,
+        rollouts_per_prompt=rollouts_per_prompt,
+        online_prompt_weight=restrain.online_prompt_weight,
     )
+
+    # One scalar per session, broadcast to all its outputs (verl's multi-trajectory GRPO rule) and
+    # to every response token, once; padding rows keep zeros.
+    session_of_row = torch.full((len(keys),), -1, dtype=torch.long)
+    session_of_row[torch.from_numpy(rows)] = torch.from_numpy(session)
+
+    def per_row(values: torch.Tensor) -> torch.Tensor:
+        padded = torch.cat([values.float(), values.new_zeros(1, dtype=torch.float32)])
+        return padded[session_of_row]  # (N,); index -1 picks the trailing zero
+
+    def to_tokens(values: torch.Tensor) -> torch.Tensor:
+        return per_row(values).unsqueeze(-1) * response_mask
+
+    data.batch["advantages"] = to_tokens(step.advantage)
+    data.batch["returns"] = data.batch["advantages"]
+    data.batch["token_level_rewards"] = _last_token_values(per_row(step.reward), response_mask)
+    if restrain.clip_mode == "per_label":
+        data.batch[POSITIVE_FIELD] = to_tokens(step.positive)
+        data.batch[NEGATIVE_FIELD] = to_tokens(step.negative)
+
+    if len(final_rows) == 0:
+        return {}
+    correct = torch.tensor([float(info.get("acc", 0.0)) > 0.5 for info in infos])
+    has_gold = torch.tensor([bool(info.get("has_gold", False)) for info in infos])
+    return step_metrics(step, correct=correct, has_gold=has_gold)
 
 
 def _as_list(value: Any) -> list:
@@ -281,7 +289,7 @@ def _object_array(values: list) -> np.ndarray:
 
 
 class RestrainAdvantageMixin:
-    """The RESTRAIN advantage step and startup checks, mixed into one of verl's v1 trainers.
+    """The RESTRAIN advantage step, startup checks and actor loss, mixed into one of verl's v1 trainers.
 
     Attributes:
         loop_mode: verl's trainer mode whose loop this trainer runs. verl's base trainer branches on
@@ -307,10 +315,22 @@ class RestrainAdvantageMixin:
     def trainer_mode(self, registered_mode: str) -> None:
         self.registered_mode = registered_mode
 
+    def on_init_end(self):
+        if self.restrain is not None and self.restrain.clip_mode == "per_label":
+            self._install_per_label_loss()
+        super().on_init_end()
+
+    def _install_per_label_loss(self) -> None:
+        """Install :func:`restrain_ppo_loss` in the actor, as verl's trainer installs the critic's loss."""
+        from verl.utils.config import omega_conf_to_dataclass
+
+        actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
+        loss_fn = functools.partial(restrain_ppo_loss, config=actor_config, per_label=per_label_config(actor_config))
+        self.actor_rollout_wg.set_loss_fn(loss_fn)
+        logger.info("RESTRAIN: the actor's policy loss clips inside each candidate label (clip_mode=per_label)")
+
     def _restrain_fields(self) -> list[str]:
-        fields = ["extra_fields", "data_source"]
-        if self.restrain.use_prompt_weight:
-            fields.append(self.restrain.prompt_weight_key)
+        fields = ["extra_fields", *self.restrain.prompt_weight_columns]
         if self.restrain.label_mode == "offline":
             fields.append(self.restrain.offline_label_key)
         return fields
@@ -323,13 +343,13 @@ class RestrainAdvantageMixin:
         data = tq.kv_batch_get(
             keys=batch.keys, partition_id=batch.partition_id, select_fields=VERL_ADVANTAGE_FIELDS + restrain_fields
         )
-        missing = [name for name in restrain_fields if name not in data.keys() and name != "data_source"]
+        missing = [name for name in restrain_fields if name not in data.keys()]
         if missing:
             raise ValueError(
                 f"the training rows have no field(s) {missing}; the method reads them from the dataset "
                 f"(algorithm.restrain.*_key). Create them with: {SCORING_COMMAND.format(path='<train.parquet>')}"
             )
-        non_tensor = {name: _as_list(data.get(name)) for name in ["uid", *restrain_fields] if name in data.keys()}
+        non_tensor = {name: _as_list(data.get(name)) for name in ["uid", *restrain_fields]}
         response_mask = data["response_mask"]  # nested (N, j)
         data = DataProto(
             batch=data.exclude(*non_tensor).to_padded_tensor(),
@@ -347,9 +367,20 @@ class RestrainAdvantageMixin:
             metrics.update(is_metrics)
 
         is_padding = [tag.get("is_padding", False) for tag in batch.tags]
-        metrics.update(restrain_advantage_step(data, batch.keys, self.config.algorithm, is_padding))
+        metrics.update(
+            restrain_advantage_step(
+                data,
+                batch.keys,
+                self.config.algorithm,
+                is_padding,
+                restrain=self.restrain,
+                rollouts_per_prompt=int(self.config.actor_rollout_ref.rollout.n),
+            )
+        )
 
         fields = ["advantages", "returns", "token_level_rewards"]
+        if self.restrain.clip_mode == "per_label":
+            fields += [POSITIVE_FIELD, NEGATIVE_FIELD]
         if rollout_correction:
             fields.append("response_mask")
             if "rollout_is_weights" in data.batch:
@@ -360,20 +391,18 @@ class RestrainAdvantageMixin:
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
 
 
+@registered("trainers", "verl.trainer.ppo.v1.trainer_base", "TRAINER_REGISTRY", "register_trainer", "restrain")
 class RestrainTrainer(RestrainAdvantageMixin, PPOTrainerSync):
     """verl's synchronous v1 trainer with the RESTRAIN advantage step (``trainer_mode=restrain``)."""
 
     loop_mode = "sync"
 
 
+@registered(
+    "trainers", "verl.trainer.ppo.v1.trainer_base", "TRAINER_REGISTRY", "register_trainer", "restrain_colocate_async"
+)
 class RestrainColocateAsyncTrainer(RestrainAdvantageMixin, PPOTrainerColocateAsync):
     """verl's colocated asynchronous v1 trainer with the RESTRAIN advantage step
     (``trainer_mode=restrain_colocate_async``)."""
 
     loop_mode = "colocate_async"
-
-
-# Last: when this module was imported before verl, verl's plugin loader ran while it was half-done.
-from verl_restrain.adapters import plugin as verl_plugin  # noqa: E402
-
-verl_plugin.complete_registration("trainers")

@@ -63,7 +63,7 @@ from collections.abc import Sequence
 
 from verl_restrain.answers.canon import canonical_math
 from verl_restrain.answers.extract import answer_sentence, choice_from_text, last_boxed, option_letter
-from verl_restrain.answers.kinds import BUILTIN_ANSWER_KINDS, KINDS, answer_kind
+from verl_restrain.answers.kinds import BUILTIN_ANSWER_KINDS, KINDS, answer_kind, check_kind
 from verl_restrain.answers.numeric import numeric_verdict
 from verl_restrain.answers.sympy_pool import math_verify_equal
 
