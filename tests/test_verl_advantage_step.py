@@ -267,3 +267,30 @@ def test_the_estimator_in_a_stock_trainer_says_which_trainer_to_use(scored):
     data.batch["token_level_rewards"] = data.batch["response_mask"].float()
     with pytest.raises(ValueError, match="set trainer.v1.trainer_mode=restrain"):
         compute_advantage(data, adv_estimator="restrain", config=compose_config().algorithm)
+
+
+def test_a_partial_group_keeps_kappa_as_a_share_of_n(scored):
+    """verl's replay buffer can hand over a group in which some rollouts failed. With n = 8 and kappa = 4,
+    uid-clear without two of its five "12" rollouts has 6 rollouts and M = 3: 3 * 8 = 24 is not below
+    4 * 6 = 24, so it is not penalised; an absolute count (3 < 4) would penalise it."""
+    keys, rows = rollout_rows(scored["gold"])
+    dropped = [i for i, row in enumerate(rows)
+               if row["uid"] == "uid-clear" and row["extra_fields"]["reward_extra_info"]["pred"] == "12"][:2]
+    keys = [key for i, key in enumerate(keys) if i not in dropped]
+    rows = [row for i, row in enumerate(rows) if i not in dropped]
+    algorithm = compose_config("restrain_method=restrain").algorithm
+
+    def clear_advantages(rollouts_per_prompt):
+        data = rows_to_dataproto(rows)
+        metrics = restrain_advantage_step(data, keys, algorithm, rollouts_per_prompt=rollouts_per_prompt)
+        clear = [i for i, row in enumerate(rows) if row["uid"] == "uid-clear"]
+        return data.batch["advantages"][clear, 0], metrics
+
+    shared, shared_metrics = clear_advantages(8)
+    absolute, absolute_metrics = clear_advantages(None)
+    u = _u(next(row for row in rows if row["uid"] == "uid-clear"))
+    assert torch.allclose(absolute, torch.full_like(absolute, -u * defaults.DELTA))
+    assert len(set(shared.tolist())) == 3  # 12, 7 and no answer get their own advantages
+    # tie and spread are penalised either way; clear only under the absolute count
+    assert shared_metrics["restrain/penalized_fraction"] == pytest.approx(2 / 4)
+    assert absolute_metrics["restrain/penalized_fraction"] == pytest.approx(3 / 4)

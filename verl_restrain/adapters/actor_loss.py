@@ -94,5 +94,19 @@ def restrain_ppo_loss(config: Any, model_output: Any, data: Any, dp_group: Any =
     if POSITIVE_FIELD not in data.keys():
         return ppo_loss(config, model_output, data, dp_group)
     data = data.copy()
-    data["advantages"] = torch.stack([data[POSITIVE_FIELD], data[NEGATIVE_FIELD]], dim=-1)
+    data["advantages"] = _stack_parts(data[POSITIVE_FIELD], data[NEGATIVE_FIELD])
     return ppo_loss(per_label, model_output, data, dp_group)
+
+
+def _stack_parts(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """(B, T) parts -> (B, T, 2), for nested (jagged, one row per rollout) and padded tensors alike."""
+    if not positive.is_nested:
+        return torch.stack([positive, negative], dim=-1)
+    # Two jagged tensors from separate puts have separate ragged structures; stack their values.
+    if not torch.equal(positive.offsets(), negative.offsets()):
+        raise ValueError("the advantage parts of a micro-batch have different response lengths")
+    values = torch.stack([positive.values(), negative.values()], dim=-1)  # (total tokens, 2)
+    offsets = positive.offsets()
+    # The longest row sets the padded width, as it does for the other fields of the micro-batch.
+    max_seqlen = int(offsets.diff().max()) if offsets.numel() > 1 else 0
+    return torch.nested.nested_tensor_from_jagged(values, offsets, max_seqlen=max_seqlen)
