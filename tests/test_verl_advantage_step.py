@@ -12,7 +12,7 @@ from verl_batches import compose_config, default_groups, rollout_rows, rows_to_d
 from verl_restrain import answers, defaults
 from verl_restrain.advantage import compute_restrain_advantage, prompt_weight
 from verl_restrain.methods import METHODS
-from verl_restrain.adapters.trainer import restrain_advantage_step, rollout_answer_ids
+from verl_restrain.adapters.step import restrain_advantage_step, rollout_answer_ids
 
 
 @pytest.fixture(scope="module")

@@ -90,6 +90,8 @@ def test_defaults_are_the_project_defaults_and_the_restrain_method():
         ({"ref_majority_count_key": None}, "algorithm.restrain.ref_majority_count_key must be a column name"),
         ({"prompt_weight_source": "baked"}, "algorithm.restrain.prompt_weight_source must be one of"),
         ({"clip_mode": "per_token"}, "algorithm.restrain.clip_mode must be one of"),
+        ({"train_rollouts": 0}, "algorithm.restrain.train_rollouts must be >= 1"),
+        ({"train_rollouts": 2.5}, "algorithm.restrain.train_rollouts must be an integer"),
         ({"sigmaa": 0.4}, "unknown key(s) algorithm.restrain.['sigmaa']"),
     ],
 )
@@ -217,6 +219,7 @@ def test_command_line_overrides_win_over_the_preset():
         ({"trainer.v1.trainer_mode": "sync"}, "set trainer.v1.trainer_mode=restrain"),
         ({"trainer.use_v1": False}, "set trainer.use_v1=true"),
         ({"critic.enable": True}, "Set critic.enable=false"),
+        ({"algorithm.restrain.train_rollouts": 9}, "train_rollouts must be <= actor_rollout_ref.rollout.n = 8"),
         ({"actor_rollout_ref.actor.policy_loss.loss_mode": "gspo"}, "algorithm.restrain.clip_mode=combined"),
     ],
 )

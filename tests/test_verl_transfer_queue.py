@@ -13,7 +13,8 @@ from tiny_lm import make_tokenizer
 from verl_batches import compose_config, default_groups, rollout_rows, rows_to_dataproto, score_batch, updated
 
 from verl_restrain import defaults
-from verl_restrain.adapters.trainer import RestrainColocateAsyncTrainer, RestrainTrainer, restrain_advantage_step
+from verl_restrain.adapters.step import restrain_advantage_step
+from verl_restrain.adapters.trainer import RestrainColocateAsyncTrainer, RestrainTrainer
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +154,56 @@ def test_a_missing_dataset_column_fails_at_the_step(transfer_queue, records, tra
     with pytest.raises(ValueError, match=f"no field\\(s\\) \\['{defaults.REF_NUM_SAMPLES_COLUMN}'\\]"):
         trainer._compute_advantage(batch, {})
     tq.kv_clear(keys=batch.keys, partition_id="train")
+
+
+class _WorkerGroup:
+    """The parts of verl's actor worker group that batch balancing and the actor update call."""
+
+    def __init__(self):
+        self._dispatch_info = {"actor": [0]}  # one data-parallel rank
+        self.updates = []
+
+    def update_actor(self, batch):
+        self.updates.append(batch)
+        return {"metrics": {"mfu": [0.0], "pg_loss": [0.0]}}
+
+
+def test_train_rollouts_votes_on_all_and_trains_on_the_first_n(transfer_queue, records, train_file):
+    """TTRL's vote/train split: the vote uses all 8 rollouts of each prompt; the batch verl balances,
+    scores and trains on holds the first 4 of each prompt (sampling order), with the 8-vote's values."""
+    from types import SimpleNamespace
+
+    tq = transfer_queue
+    keys, rows = rollout_rows(records, seed=7)
+    rows = _with_log_probs(rows)
+    batch = _put(tq, keys, rows)
+    config = compose_config(f"data.train_files={train_file}", "algorithm.restrain.train_rollouts=4",
+                            "actor_rollout_ref.actor.ppo_mini_batch_size=2")
+    trainer = RestrainTrainer(config)
+    trainer.actor_rollout_wg = _WorkerGroup()
+    trainer.tokenizer = SimpleNamespace(eos_token_id=0)
+    trainer.global_steps = 1
+    metrics = {}
+    trained = trainer._balance_batch(batch, metrics)
+    assert sorted(trained.keys) == sorted(k for k in keys if int(k.rsplit("_", 2)[1]) < 4)
+    stored = set(tq.kv_list(partition_id="train").get("train", {}))
+    assert set(trained.keys) <= stored and not (set(keys) - set(trained.keys)) & stored  # the rest left
+    trainer._compute_advantage(trained, metrics)
+
+    # The same values as the full 8-rollout step, on the trained rows.
+    expected = rows_to_dataproto(rows)
+    expected_metrics = restrain_advantage_step(expected, keys, config.algorithm, rollouts_per_prompt=8)
+    position = {key: i for i, key in enumerate(keys)}
+    got = _get(tq, trained, "advantages")
+    for i, key in enumerate(trained.keys):
+        length = rows[position[key]]["response_mask"].numel()
+        assert torch.equal(got[i, :length], expected.batch["advantages"][position[key], :length]), key
+    assert {name: value for name, value in metrics.items() if name.startswith("restrain/")} == expected_metrics
+
+    # verl's actor update sees mini-batches of ppo_mini_batch_size * train_rollouts rows, and the
+    # config is left as it was.
+    trainer._update_actor(trained, {})
+    assert trainer.actor_rollout_wg.updates[-1].extra_info["mini_batch_size"] == 2 * 4
+    assert trainer.config.actor_rollout_ref.rollout.n == 8
+    assert trainer._get_required_batch_multiple(1) == 2 * 4
+    tq.kv_clear(keys=trained.keys, partition_id="train")

@@ -90,6 +90,10 @@ class RestrainConfig:
         clip_mode: ``per_label``: the paper's objective, the PPO clip inside each candidate label's
             loss (:func:`verl_restrain.loss.restrain_policy_loss`); ``combined``: verl's PPO loss on
             the combined advantage u_x sum_j w_j A_ij.
+        train_rollouts: TTRL's vote/train split: the vote, the weights and the penalization use all
+            n = ``actor_rollout_ref.rollout.n`` rollouts of a prompt, and only its first
+            ``train_rollouts`` (in sampling order) enter the actor's update; None (all) or
+            1 <= train_rollouts <= n.
     """
 
     weighting: str = "gaussian"
@@ -107,6 +111,7 @@ class RestrainConfig:
     answer_kinds: Mapping[str, str] = field(default_factory=dict)
     default_answer_kind: str = "math"
     clip_mode: str = "per_label"
+    train_rollouts: int | None = None
 
     def __post_init__(self) -> None:
         _one_of("weighting", self.weighting, WEIGHTINGS)
@@ -126,6 +131,10 @@ class RestrainConfig:
             _fail("kappa", f"must be >= 0, got {self.kappa}")
         if self.delta < 0:
             _fail("delta", f"must be >= 0, got {self.delta}")
+        if self.train_rollouts is not None:
+            object.__setattr__(self, "train_rollouts", _as_int("train_rollouts", self.train_rollouts))
+            if self.train_rollouts < 1:
+                _fail("train_rollouts", f"must be >= 1 (or null for all), got {self.train_rollouts}")
         if not isinstance(self.use_prompt_weight, bool):
             _fail("use_prompt_weight", f"must be true or false, got {self.use_prompt_weight!r}")
         for key in ("prompt_weight_key", "ref_majority_count_key", "ref_num_samples_key", "offline_label_key"):
@@ -187,6 +196,11 @@ class RestrainConfig:
         return answer_kind(data_source, extra_info, self.answer_kinds, self.default_answer_kind)
 
     def check_rollouts(self, n: int) -> None:
-        """Check kappa against the number of rollouts per prompt."""
+        """Check kappa and train_rollouts against the number of rollouts per prompt."""
         if self.kappa > n:
             _fail("kappa", f"must be <= actor_rollout_ref.rollout.n = {n}, got {self.kappa}")
+        if self.train_rollouts is not None and self.train_rollouts > n:
+            _fail(
+                "train_rollouts",
+                f"must be <= actor_rollout_ref.rollout.n = {n} (the rollouts voted on), got {self.train_rollouts}",
+            )
