@@ -177,9 +177,12 @@ def test_method_advantage_passes_the_preset(name, monkeypatch):
     method = METHODS[name]
     assert seen["weighting"] == method.weighting
     assert seen["kappa"] == method.kappa(QUICK.kappa)
-    assert (seen["prompt_weight"] is not None) == method.use_prompt_weight
-    if method.use_prompt_weight:
+    offline_weight = method.use_prompt_weight and method.prompt_weight_source == "offline"
+    assert (seen["prompt_weight"] is not None) == offline_weight
+    if offline_weight:
         assert torch.equal(seen["prompt_weight"], setup.reference.prompt_weight.repeat_interleave(16))
+    # online prompt weights: u = g(M / n) of this step's own vote, computed by the estimator
+    assert seen["online_prompt_weight"] == (method.use_prompt_weight and method.prompt_weight_source == "online")
     offline = sampled == setup.reference.majority_answer[:, None]
     if method.label_mode == "offline":
         assert torch.equal(seen["answer_ids"], advantage.fixed_label_answer_ids(offline.reshape(-1)))

@@ -1,6 +1,7 @@
 """The group-level RESTRAIN step on real DataProtos built from the reward manager's real outputs."""
 
 import dataclasses
+import zlib
 from collections import Counter
 
 import numpy as np
@@ -29,9 +30,18 @@ def scored():
             for name, batch in [("gold", groups), ("corrupted", corrupted), ("removed", removed)]}
 
 
+def _with_entropy(data, keys):
+    """Token entropies as verl's old-log-prob pass writes them, a fixed value per rollout (so any row
+    order gives the same values)."""
+    mask = data.batch["response_mask"]
+    per_row = torch.tensor([0.2 + (zlib.crc32(key.encode()) % 100) / 50 for key in keys])
+    data.batch["entropy"] = per_row.unsqueeze(-1) * mask
+    return data
+
+
 def _step(records, method, *overrides, seed=0):
     keys, rows = rollout_rows(records, seed=seed)
-    data = rows_to_dataproto(rows)
+    data = _with_entropy(rows_to_dataproto(rows), keys)
     config = compose_config(f"restrain_method={method}", *overrides)
     metrics = restrain_advantage_step(data, keys, config.algorithm)
     return keys, rows, data, metrics
@@ -294,3 +304,29 @@ def test_a_partial_group_keeps_kappa_as_a_share_of_n(scored):
     # tie and spread are penalised either way; clear only under the absolute count
     assert shared_metrics["restrain/penalized_fraction"] == pytest.approx(2 / 4)
     assert absolute_metrics["restrain/penalized_fraction"] == pytest.approx(3 / 4)
+
+
+def test_ettrl_scales_ttrls_advantage_by_the_responses_entropy(scored):
+    """ETTRL's advantage reshaping on the trainer step: A'_i = clamp(2 - H_i / H_mean, 0, 2) * A_i with
+    H_i the mean token entropy of response i and H_mean the mean over its prompt's rollouts."""
+    keys, rows = rollout_rows(scored["gold"])
+    generator = torch.Generator().manual_seed(0)
+    data = rows_to_dataproto(rows)
+    mask = data.batch["response_mask"]
+    data.batch["entropy"] = torch.rand(mask.shape, generator=generator) * 2 * mask
+    ttrl = rows_to_dataproto(rows)
+    restrain_advantage_step(ttrl, keys, compose_config("restrain_method=ttrl").algorithm)
+    metrics = restrain_advantage_step(data, keys, compose_config("restrain_method=ettrl_ear_only").algorithm)
+
+    mean_entropy = [(data.batch["entropy"][i] * mask[i]).sum().item() / mask[i].sum().item() for i in range(len(rows))]
+    for i, row in enumerate(rows):
+        group = [j for j, other in enumerate(rows) if other["uid"] == row["uid"]]
+        h_mean = sum(mean_entropy[j] for j in group) / len(group)
+        scale = min(max(2 - mean_entropy[i] / h_mean, 0.0), 2.0)
+        torch.testing.assert_close(data.batch["advantages"][i], ttrl.batch["advantages"][i] * scale)
+        torch.testing.assert_close(
+            data.batch["restrain_positive_advantages"][i] + data.batch["restrain_negative_advantages"][i],
+            data.batch["advantages"][i],
+        )
+    assert metrics["restrain/response_entropy"] == pytest.approx(sum(mean_entropy) / len(rows), rel=1e-5)
+    assert 0 <= metrics["restrain/reshaping_scale"] <= 2

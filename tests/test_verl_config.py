@@ -91,6 +91,8 @@ def test_defaults_are_the_project_defaults_and_the_restrain_method():
         ({"prompt_weight_source": "baked"}, "algorithm.restrain.prompt_weight_source must be one of"),
         ({"clip_mode": "per_token"}, "algorithm.restrain.clip_mode must be one of"),
         ({"train_rollouts": 0}, "algorithm.restrain.train_rollouts must be >= 1"),
+        ({"advantage_reshaping": "softmax"}, "algorithm.restrain.advantage_reshaping must be one of"),
+        ({"reshaping_clip_bound": 0}, "algorithm.restrain.reshaping_clip_bound must be > 0"),
         ({"train_rollouts": 2.5}, "algorithm.restrain.train_rollouts must be an integer"),
         ({"sigmaa": 0.4}, "unknown key(s) algorithm.restrain.['sigmaa']"),
     ],
@@ -185,6 +187,10 @@ def test_every_preset_composes_mirrors_methods_and_validates(name, scored_file):
     assert restrain.use_prompt_weight == method.use_prompt_weight
     assert restrain.label_mode == method.label_mode
     assert restrain.kappa == method.kappa(defaults.KAPPA)
+    assert restrain.prompt_weight_source == method.prompt_weight_source
+    assert restrain.advantage_reshaping == method.advantage_reshaping
+    default_loop = compose_config().actor_rollout_ref.rollout.agent.default_agent_loop
+    assert config.actor_rollout_ref.rollout.agent.default_agent_loop == (method.agent_loop or default_loop)
     assert (restrain.sigma, restrain.center, restrain.delta) == (defaults.SIGMA, defaults.CENTER, defaults.DELTA)
 
 
@@ -220,6 +226,8 @@ def test_command_line_overrides_win_over_the_preset():
         ({"trainer.use_v1": False}, "set trainer.use_v1=true"),
         ({"critic.enable": True}, "Set critic.enable=false"),
         ({"algorithm.restrain.train_rollouts": 9}, "train_rollouts must be <= actor_rollout_ref.rollout.n = 8"),
+        ({"algorithm.restrain.advantage_reshaping": "entropy", "algorithm.rollout_correction.bypass_mode": True},
+         "set algorithm.rollout_correction.bypass_mode=false"),
         ({"actor_rollout_ref.actor.policy_loss.loss_mode": "gspo"}, "algorithm.restrain.clip_mode=combined"),
     ],
 )

@@ -181,6 +181,18 @@ def _check_switches(config: Mapping[str, Any]) -> None:
         )
 
 
+def _check_reshaping(config: Mapping[str, Any], restrain: RestrainConfig) -> None:
+    if restrain.advantage_reshaping != "entropy":
+        return
+    rollout_correction = config["algorithm"].get("rollout_correction", None)
+    if rollout_correction is not None and rollout_correction.get("bypass_mode", False):
+        raise ValueError(
+            "algorithm.restrain.advantage_reshaping=entropy reads the token entropies verl computes with the old "
+            "log-probabilities, which algorithm.rollout_correction.bypass_mode=true skips; set "
+            "algorithm.rollout_correction.bypass_mode=false, or algorithm.restrain.advantage_reshaping=clip."
+        )
+
+
 def _check_loss(config: Mapping[str, Any], restrain: RestrainConfig) -> None:
     if restrain.clip_mode != "per_label":
         return
@@ -212,6 +224,7 @@ def validate_training_config(config: Mapping[str, Any]) -> RestrainConfig:
     restrain.check_rollouts(int(config["actor_rollout_ref"]["rollout"]["n"]))
     _check_switches(config)
     _check_loss(config, restrain)
+    _check_reshaping(config, restrain)
     for path in _train_files(config):
         _check_file(path, restrain)
     return restrain

@@ -14,6 +14,7 @@ advantage estimator    ``verl.trainer.ppo.core_algos``                 :mod:`~ve
 policy loss            ``verl.trainer.ppo.core_algos``                 :mod:`~verl_restrain.adapters.actor_loss`
 reward manager         ``verl.experimental.reward_loop.reward_manager``  :mod:`~verl_restrain.adapters.reward_manager`
 trainers               ``verl.trainer.ppo.v1``                         :mod:`~verl_restrain.adapters.trainer`
+agent loop             ``verl.experimental.agent_loop.agent_loop``     :mod:`~verl_restrain.adapters.tree_rollout`
 =====================  ==============================================  ===================================
 
 verl swallows plugin import errors at debug level, so a piece that fails to load is loud: it is
@@ -32,7 +33,13 @@ from collections.abc import Callable
 from typing import Any
 
 from verl_restrain.adapters.registration import DECLARED, PLACEHOLDER, register_idempotent
-from verl_restrain.adapters.settings import ESTIMATOR_NAME, POLICY_LOSS_NAME, REWARD_MANAGER_NAME, TRAINER_LOOPS
+from verl_restrain.adapters.settings import (
+    AGENT_LOOP_NAME,
+    ESTIMATOR_NAME,
+    POLICY_LOSS_NAME,
+    REWARD_MANAGER_NAME,
+    TRAINER_LOOPS,
+)
 from verl_restrain.config import register_resolvers
 
 logger = logging.getLogger(__name__)
@@ -44,6 +51,7 @@ PIECES: dict[str, tuple[str, str]] = {
     "policy loss": ("verl.trainer.ppo.core_algos", "verl_restrain.adapters.actor_loss"),
     "reward manager": ("verl.experimental.reward_loop.reward_manager", "verl_restrain.adapters.reward_manager"),
     "trainers": ("verl.trainer.ppo.v1", "verl_restrain.adapters.trainer"),
+    "agent loop": ("verl.experimental.agent_loop.agent_loop", "verl_restrain.adapters.tree_rollout"),
 }
 """Piece -> (the verl module whose import loads it, the adapter module that registers it)."""
 
@@ -97,6 +105,12 @@ def _register_placeholders(piece: str, cause: str) -> None:
                 f"Unavailable_{name}", (PPOTrainerSync,), {"__init__": _raiser("trainer", name, cause), PLACEHOLDER: True}
             )
             _register(trainer_base.TRAINER_REGISTRY, name, trainer, trainer_base.register_trainer)
+    elif piece == "agent loop":
+        from verl.experimental.agent_loop import agent_loop
+
+        # verl's agent-loop registry holds import targets: instantiating this one raises the cause.
+        target = {"_target_": f"{PIECES[piece][1]}.EntropyForkTreeAgentLoop"}
+        agent_loop._agent_loop_registry.setdefault(AGENT_LOOP_NAME, target)
 
 
 def _load(piece: str) -> None:

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from verl_restrain import defaults
-from verl_restrain.methods import CLIP_MODES, LABEL_MODES, PROMPT_WEIGHT_SOURCES, WEIGHTINGS
+from verl_restrain.methods import ADVANTAGE_RESHAPINGS, CLIP_MODES, LABEL_MODES, PROMPT_WEIGHT_SOURCES, WEIGHTINGS
 
 __all__ = [
+    "AGENT_LOOP_NAME",
     "ESTIMATOR_NAME",
     "POLICY_LOSS_NAME",
     "REWARD_MANAGER_NAME",
@@ -33,6 +34,8 @@ REWARD_MANAGER_NAME = "restrain"
 """``reward.reward_manager.name`` that writes each rollout's answer for the vote."""
 TRAINER_LOOPS = {"restrain": "sync", "restrain_colocate_async": "colocate_async"}
 """``trainer.v1.trainer_mode`` names registered by this package -> verl's loop each one runs."""
+AGENT_LOOP_NAME = "entropy_fork_tree"
+"""``actor_rollout_ref.rollout.agent.default_agent_loop`` of ETTRL's entropy-fork tree rollouts."""
 
 SCORING_COMMAND = "restrain-score-prompts --input {path} --output <scored.parquet> --model <base model>"
 
@@ -90,6 +93,11 @@ class RestrainConfig:
         clip_mode: ``per_label``: the paper's objective, the PPO clip inside each candidate label's
             loss (:func:`verl_restrain.loss.restrain_policy_loss`); ``combined``: verl's PPO loss on
             the combined advantage u_x sum_j w_j A_ij.
+        advantage_reshaping: ETTRL's entropy-based advantage reshaping: ``entropy`` scales each
+            rollout's advantage by Y_i = clamp(2 - H_i / H_mean, 0, 2) of its mean token entropy
+            H_i against its prompt group's mean; ``clip`` clips it to [-reshaping_clip_bound,
+            reshaping_clip_bound] (:func:`verl_restrain.entropy.reshape_advantage`); None for none.
+        reshaping_clip_bound: beta of ``advantage_reshaping=clip``; > 0.
         train_rollouts: TTRL's vote/train split: the vote, the weights and the penalization use all
             n = ``actor_rollout_ref.rollout.n`` rollouts of a prompt, and only its first
             ``train_rollouts`` (in sampling order) enter the actor's update; None (all) or
@@ -111,6 +119,8 @@ class RestrainConfig:
     answer_kinds: Mapping[str, str] = field(default_factory=dict)
     default_answer_kind: str = "math"
     clip_mode: str = "per_label"
+    advantage_reshaping: str | None = None
+    reshaping_clip_bound: float = 2.0
     train_rollouts: int | None = None
 
     def __post_init__(self) -> None:
@@ -118,10 +128,13 @@ class RestrainConfig:
         _one_of("label_mode", self.label_mode, LABEL_MODES)
         _one_of("prompt_weight_source", self.prompt_weight_source, PROMPT_WEIGHT_SOURCES)
         _one_of("clip_mode", self.clip_mode, CLIP_MODES)
+        if self.advantage_reshaping is not None:
+            _one_of("advantage_reshaping", self.advantage_reshaping, ADVANTAGE_RESHAPINGS)
         # Frozen: normalise numbers through object.__setattr__ so that YAML ints become floats.
         object.__setattr__(self, "sigma", _as_float("sigma", self.sigma))
         object.__setattr__(self, "center", _as_float("center", self.center))
         object.__setattr__(self, "delta", _as_float("delta", self.delta))
+        object.__setattr__(self, "reshaping_clip_bound", _as_float("reshaping_clip_bound", self.reshaping_clip_bound))
         object.__setattr__(self, "kappa", _as_int("kappa", self.kappa))
         if not self.sigma > 0:
             _fail("sigma", f"must be > 0, got {self.sigma}")
@@ -131,6 +144,8 @@ class RestrainConfig:
             _fail("kappa", f"must be >= 0, got {self.kappa}")
         if self.delta < 0:
             _fail("delta", f"must be >= 0, got {self.delta}")
+        if not self.reshaping_clip_bound > 0:
+            _fail("reshaping_clip_bound", f"must be > 0, got {self.reshaping_clip_bound}")
         if self.train_rollouts is not None:
             object.__setattr__(self, "train_rollouts", _as_int("train_rollouts", self.train_rollouts))
             if self.train_rollouts < 1:

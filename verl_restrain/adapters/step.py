@@ -26,7 +26,8 @@ from verl_restrain.adapters.actor_loss import NEGATIVE_FIELD, POSITIVE_FIELD
 from verl_restrain.adapters.checks import bad_prompt_weight_rows, describe_bad_rows, prompt_weight_requirement
 from verl_restrain.adapters.settings import REWARD_MANAGER_NAME, RestrainConfig
 from verl_restrain.advantage import RestrainStep, fixed_label_answer_ids, prompt_weight, restrain_step
-from verl_restrain.diagnostics import step_metrics
+from verl_restrain.diagnostics import METRIC_PREFIX, step_metrics
+from verl_restrain.entropy import reshape_advantage
 
 __all__ = ["Vote", "restrain_advantage_step", "rollout_answer_ids", "session_key", "vote", "write_advantages"]
 
@@ -229,16 +230,25 @@ def vote(
     return Vote(step=step, position=position, metrics=metrics)
 
 
-def write_advantages(data: DataProto, keys: Sequence[str], result: Vote, restrain: RestrainConfig) -> None:
+def write_advantages(
+    data: DataProto, keys: Sequence[str], result: Vote, restrain: RestrainConfig
+) -> dict[str, float]:
     """Write the vote's values to the rows of ``data``, broadcast over each response once.
 
     Every output of a session gets its session's scalar (verl's multi-trajectory GRPO rule); a row
-    whose session did not vote (padding) gets zeros.
+    whose session did not vote (padding) gets zeros. With ``advantage_reshaping`` each row's
+    advantage and parts are then scaled by ETTRL's factor (:func:`verl_restrain.entropy.reshape_advantage`;
+    ``entropy`` reads ``data.batch["entropy"]``, the token entropies of verl's old-log-prob pass, and
+    compares each response with the other rows of its prompt in ``data``).
 
     Writes:
         ``advantages`` and ``returns`` (N, T), the combined advantage on every response token;
         ``token_level_rewards`` (N, T), the pseudo-label reward on each row's last token; and for
         ``clip_mode=per_label`` the parts ``restrain_positive_advantages`` / ``..._negative_...``.
+
+    Returns:
+        The reshaping's metrics (``restrain/reshaping_scale``, and ``restrain/response_entropy`` for
+        ``entropy``) over the voting rows; empty without reshaping.
     """
     response_mask = data.batch["response_mask"]  # (N, T)
     step = result.step
@@ -248,15 +258,34 @@ def write_advantages(data: DataProto, keys: Sequence[str], result: Vote, restrai
         padded = torch.cat([values.float(), values.new_zeros(1, dtype=torch.float32)])
         return padded[index]  # (N,); index -1 picks the trailing zero
 
-    def to_tokens(values: torch.Tensor) -> torch.Tensor:
-        return per_row(values).unsqueeze(-1) * response_mask
+    advantage, positive, negative = per_row(step.advantage), per_row(step.positive), per_row(step.negative)
+    metrics = {}
+    if restrain.advantage_reshaping is not None:
+        voting = index >= 0  # (N,) rows of a session that voted
+        group = torch.cat([step.votes.group, step.votes.group.new_full((1,), -1)])[index]  # (N,), -1 for padding
+        reshaped = reshape_advantage(
+            advantage[voting],
+            group[voting],
+            reshaping=restrain.advantage_reshaping,
+            positive=positive[voting],
+            negative=negative[voting],
+            token_entropy=data.batch["entropy"][voting] if restrain.advantage_reshaping == "entropy" else None,
+            response_mask=response_mask[voting],
+            clip_bound=restrain.reshaping_clip_bound,
+        )
+        advantage[voting], positive[voting], negative[voting] = reshaped.advantage, reshaped.positive, reshaped.negative
+        if voting.any():
+            metrics[METRIC_PREFIX + "reshaping_scale"] = reshaped.scale.mean().item()
+            if reshaped.entropy is not None:
+                metrics[METRIC_PREFIX + "response_entropy"] = reshaped.entropy.mean().item()
 
-    data.batch["advantages"] = to_tokens(step.advantage)
+    data.batch["advantages"] = advantage.unsqueeze(-1) * response_mask
     data.batch["returns"] = data.batch["advantages"]
     data.batch["token_level_rewards"] = _last_token_values(per_row(step.reward), response_mask)
     if restrain.clip_mode == "per_label":
-        data.batch[POSITIVE_FIELD] = to_tokens(step.positive)
-        data.batch[NEGATIVE_FIELD] = to_tokens(step.negative)
+        data.batch[POSITIVE_FIELD] = positive.unsqueeze(-1) * response_mask
+        data.batch[NEGATIVE_FIELD] = negative.unsqueeze(-1) * response_mask
+    return metrics
 
 
 def restrain_advantage_step(
@@ -290,5 +319,4 @@ def restrain_advantage_step(
         rollouts_per_prompt=rollouts_per_prompt,
         is_padding=is_padding,
     )
-    write_advantages(data, keys, result, restrain)
-    return result.metrics
+    return {**result.metrics, **write_advantages(data, keys, result, restrain)}

@@ -203,9 +203,15 @@ class RestrainAdvantageMixin:
             return super()._compute_advantage(batch, metrics)
 
         vote_fields = [] if self._early_vote is not None else self._vote_fields()
+        entropy = ["entropy"] if self.restrain.advantage_reshaping == "entropy" else []
         data = tq.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=VERL_ADVANTAGE_FIELDS + vote_fields
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=VERL_ADVANTAGE_FIELDS + vote_fields + entropy
         )
+        if entropy and "entropy" not in data.keys():
+            raise ValueError(
+                "algorithm.restrain.advantage_reshaping=entropy needs the token entropies of verl's old-log-prob "
+                "pass, and the batch has none (algorithm.rollout_correction.bypass_mode skips that pass)"
+            )
         if vote_fields:
             self._check_fields(data)
         non_tensor = {name: _as_list(data.get(name)) for name in ["uid", *vote_fields]}
@@ -229,7 +235,7 @@ class RestrainAdvantageMixin:
         if result is None:
             result = self._vote(batch, data.non_tensor_batch)
             metrics.update(result.metrics)
-        write_advantages(data, batch.keys, result, self.restrain)
+        metrics.update(write_advantages(data, batch.keys, result, self.restrain))
 
         fields = ["advantages", "returns", "token_level_rewards"]
         if self.restrain.clip_mode == "per_label":

@@ -54,6 +54,7 @@ from verl.utils.profiler import simple_timer
 from verl.utils.rollout_trace import rollout_trace_op
 from verl.workers.rollout.llm_server import LLMServerClient
 from verl.workers.rollout.replica import TokenOutput
+from verl_restrain.adapters.settings import AGENT_LOOP_NAME
 from verl_restrain.entropy import fork_positions, top_logprob_entropy
 
 __all__ = ["AGENT_LOOP_NAME", "EntropyForkTreeAgentLoop", "TreeRole", "tree_role"]
@@ -61,7 +62,6 @@ __all__ = ["AGENT_LOOP_NAME", "EntropyForkTreeAgentLoop", "TreeRole", "tree_role
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
 
-AGENT_LOOP_NAME = "entropy_fork_tree"
 ABORT_RETRY_SECONDS = 1.0
 """Wait before re-sending a scoring pass that a weight sync aborted (as verl's async client does)."""
 

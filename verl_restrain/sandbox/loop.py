@@ -22,7 +22,8 @@ pi(. | p): pushing all its answers down moves mass from the tail to the most lik
 penalised prompt stops voting and, through delta, is mildly sharpened towards its current mode.
 
 Methods are the presets of :data:`verl_restrain.methods.METHODS` (``srt_online`` is the same preset
-as ``ttrl`` and is left out) plus ``gold_grpo``: GRPO on the gold reward, written as the same
+as ``ttrl`` and is left out, and so are ETTRL's, whose advantage reshaping reads token entropies
+this policy over whole answers does not have) plus ``gold_grpo``: GRPO on the gold reward, written as the same
 estimator with a fixed label (``fixed_label_answer_ids(sampled == gold)``, majority weighting,
 kappa = 0). Gold labels enter no other method; they only measure.
 
@@ -46,7 +47,8 @@ vote +0.212 at sigma 1.6; already -0.019 and +0.101 at sigma 0.8), so RESTRAIN c
 way; ``restrain-sandbox --sweep sigma`` shows it.
 
 RESTRAIN's prompt weight u_x = g(M_ref / n) and SRT-offline's fixed label (the majority answer)
-come from one sample of n rollouts per prompt from the initial policy, drawn once per seed.
+come from one sample of n rollouts per prompt from the initial policy, drawn once per seed;
+``online_prompt_weight`` recomputes u = g(M / n) from each step's own vote instead.
 
 Every method of one seed uses the same prompt set, the same reference sample and a training
 generator restarted from the same seed, so step 0 sees identical rollouts and the comparison is
@@ -93,7 +95,9 @@ __all__ = [
 
 GOLD_GRPO = "gold_grpo"
 # srt_online is the ttrl preset under another name; running it twice adds nothing.
-SANDBOX_METHODS = (GOLD_GRPO,) + tuple(name for name in METHODS if name != "srt_online")
+SANDBOX_METHODS = (GOLD_GRPO,) + tuple(
+    name for name, method in METHODS.items() if name != "srt_online" and method.advantage_reshaping is None
+)
 
 METRICS = {
     "pass1_train": "pass@1 on the training prompts, E_p pi(gold | p)",
@@ -292,7 +296,8 @@ def method_advantage(name: str, sampled: torch.Tensor, setup: SeedSetup, config:
         answer_ids = advantage.fixed_label_answer_ids(matches.reshape(-1))
     else:
         answer_ids = first_appearance_ids(sampled).reshape(-1)
-    weight = setup.reference.prompt_weight.repeat_interleave(n) if method.use_prompt_weight else None
+    offline = method.use_prompt_weight and method.prompt_weight_source == "offline"
+    weight = setup.reference.prompt_weight.repeat_interleave(n) if offline else None
     return advantage.compute_restrain_advantage(
         answer_ids,
         group_index,
@@ -302,6 +307,7 @@ def method_advantage(name: str, sampled: torch.Tensor, setup: SeedSetup, config:
         center=config.center,
         kappa=method.kappa(config.kappa),
         delta=config.delta,
+        online_prompt_weight=method.use_prompt_weight and method.prompt_weight_source == "online",
     )
 
 
