@@ -159,8 +159,11 @@ def test_box_spam_is_no_answer():
         ("A: 5\nThen we add one more.", None),
         ("We get \\boxed{8}\n#### 9", "8"),
         ("Answer: 5\nA: 6", "6"),
-        # Prose after the marker is no answer
+        # After the marker comes a number: prose, a heading or an answer phrase is not read there
         ("A: The train is late.", None),
+        ("We add them up.\n#### Step 3", None),
+        ("We add them up.\n#### Answer: 42", "42"),
+        ("A: x = 5", None),
     ],
 )
 def test_gsm8k_final_lines(response, expected):

@@ -109,12 +109,14 @@ def _final_answer_statement(text: str, start: int, pattern: re.Pattern = _FINAL_
 
 
 def final_line_answer(text: str) -> str | None:
-    """X of a last line "#### X" or "A: X" (GSM8K's answers, and its few-shot solutions)."""
+    """X of a last line "#### X" or "A: X" (GSM8K's answers, and its few-shot solutions), when X is
+    a number or starts like one (``_MATH_START``): "#### Answer: 42" is left to ``answer_sentence``
+    and a Markdown heading "#### Step 3" is no answer."""
     stripped = text.rstrip()
     line = stripped[max(stripped.rfind("\n") + 1, len(stripped) - TAIL_CHARS) :].lstrip()
     marker = _FINAL_LINE.match(line)
     found = _answer_at(line[marker.end() :]) if marker else None
-    return None if found is None else found[0]
+    return found[0] if found is not None and _MATH_START.match(found[0]) else None
 
 
 def answer_sentence(text: str) -> str | None:
