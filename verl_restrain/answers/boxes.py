@@ -105,12 +105,17 @@ def _box_at(text: str, start: int, limit: int) -> Box | None:
     return None if token is None else Box(start, token.end() - 1, token.group(0))
 
 
+def _previous_command(text: str, before: int) -> int:
+    """Index of the last box command starting before ``before``, or -1."""
+    return max(text.rfind("\\boxed", 0, before), text.rfind("\\fbox", 0, before))
+
+
 def _boxes_before(text: str, before: int, budget: list[int]):
     """Boxes starting before ``before``, last first: each yields a ``Box``, or None for a command
     that is not a complete box. ``budget[0]`` counts down the commands examined."""
     limit = before
     while budget[0] > 0:
-        start = max(text.rfind(command, 0, before) for command in _BOX_COMMANDS)
+        start = _previous_command(text, before)
         if start < 0:
             return
         budget[0] -= 1
@@ -254,7 +259,7 @@ def last_box(text: str) -> Box | None:
 
 def boxed_answer(text: str) -> tuple[str, int] | None:
     """(answer, end) of the last box, with the boxes that form one answer with it joined by ", ";
-    ``end`` is the index after the box, or after its math environment. None without a box.
+    ``end`` is the index after the last box. None without a box.
 
     Which boxes are one answer, as Math-Verify reads them:
     - the last box inside math delimiters: every box of its environment, and of the environments
@@ -268,11 +273,11 @@ def boxed_answer(text: str) -> tuple[str, int] | None:
     last = last_box(text)
     if last is None:
         return None
+    if _previous_command(text, last.start) < 0:  # the usual single box: nothing to join
+        return last.content, last.end + 1
     env = environment(text, last)
     parts = _bare_run(text, last) if env is None else _environment_chain(text, last, env)
-    if parts is None:
-        return None
-    return ", ".join(parts), (last.end + 1 if env is None else env[1])
+    return None if parts is None else (", ".join(parts), last.end + 1)
 
 
 def last_boxed(text: str) -> str | None:

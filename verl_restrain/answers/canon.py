@@ -206,8 +206,8 @@ def _tidy(text: str) -> str:
 def _rewrite(text: str) -> str:
     """One pass of the rewrites listed in ``canonical_math``."""
     text = _DELIMITERS.sub("", text)
-    text = _SEPARATED_THOUSANDS.sub("", text)
-    text = _NEGATIVE_SPACE.sub("", text)
+    if "\\!" in text:
+        text = _NEGATIVE_SPACE.sub("", _SEPARATED_THOUSANDS.sub("", text))
     text = _LAYOUT.sub(" ", text)
     text = _FRAC_VARIANTS.sub(r"\\frac", text)
     text = _braced_shorthand(text, "\\frac", 2)
@@ -217,8 +217,9 @@ def _rewrite(text: str) -> str:
     without_unit = _TRAILING_BARE_UNIT.sub("", _TRAILING_UNIT.sub("", text)).strip()
     if without_unit:
         text = without_unit
-    text = _TEXT_CONJUNCTION.sub(r" \1 ", text)
-    text = _unwrap_text_commands(text)
+    if "\\" in text:
+        text = _TEXT_CONJUNCTION.sub(r" \1 ", text)
+        text = _unwrap_text_commands(text)
     text = _conjunctions_as_commas(text)
     text = text.replace("{,}", "").strip()
     if _THOUSANDS_COMMA.fullmatch(text):

@@ -108,6 +108,19 @@ def _final_answer_statement(text: str, start: int, pattern: re.Pattern = _FINAL_
     return found[0], last.start(), last.end() + found[1]
 
 
+def _first_final_answer(text: str) -> int | None:
+    """Where the first "final answer" (any case) of the final ``TAIL_CHARS`` characters starts,
+    or None: a fast test before the statement patterns, which most responses do not need."""
+    tail_start = max(0, len(text) - TAIL_CHARS)
+    tail = text[tail_start:]
+    lowered = tail.lower()
+    found = lowered.find("final answer")
+    if found < 0:
+        return None
+    # lower() can lengthen a few characters (İ); then the index is not one of text's.
+    return tail_start + found if len(lowered) == len(tail) else tail_start
+
+
 def final_line_answer(text: str) -> str | None:
     """X of a last line "#### X" or "A: X" (GSM8K's answers, and its few-shot solutions), when X is
     a number or starts like one (``_MATH_START``): "#### Answer: 42" is left to ``answer_sentence``
@@ -139,11 +152,11 @@ def math_answer(text: str) -> str | None:
     "#### X" or "A: X"; an answer sentence (``answer_sentence``). Statements are looked for in the
     final ``TAIL_CHARS`` characters.
     """
-    tail_start = max(0, len(text) - TAIL_CHARS)
-    minerva = _final_answer_statement(text, tail_start, _MINERVA)
+    start = _first_final_answer(text)
+    minerva = None if start is None else _final_answer_statement(text, start, _MINERVA)
     if minerva is not None and _I_HOPE.match(text, minerva[2]):
         return minerva[0]
-    statement = _final_answer_statement(text, tail_start)
+    statement = None if start is None else _final_answer_statement(text, start)
     boxed = boxed_answer(text)
     if boxed is not None:
         if statement is not None and statement[1] >= boxed[1]:
