@@ -145,6 +145,27 @@ def test_exact_arithmetic_refuses_huge_magnitudes_before_computing(text):
     assert time.monotonic() - start < 0.5
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Fractions of powers inside and beyond the exact-size limit: sums and products need gcds
+        # of numbers that large
+        *("+".join(f"\\frac{{{p}^{{{e}}}}}{{{q}^{{{e}}}}}" for p, q in [(999983, 999979), (999961, 999959), (999953, 999931)])
+          for e in (1000, 10000)),
+        *("\\cdot".join(f"\\frac{{{p}^{{{e}}}}}{{{q}^{{{e}}}}}" for p, q in [(999983, 999979), (999961, 999959), (999953, 999931)])
+          for e in (1000, 10000)),
+        "+".join(f"\\frac{{1}}{{{p}^{{10000}}}}" for p in (999983, 999979, 999961, 999959, 999953, 999931)),
+        "\\sqrt[3]{999983^{999}}+\\sqrt{999979^{1000}}",
+        "x^{9999}+" + "+".join(f"{p}^{{1000}}" for p in (999983, 999979, 999961)),
+    ],
+)
+def test_exact_arithmetic_is_quick_whatever_the_sizes(text):
+    start = time.thread_time()
+    for other in ("1.5", "7", "x+1"):
+        numeric_verdict(other, text + "+1")  # a string no earlier call has cached
+    assert time.thread_time() - start < 0.2
+
+
 def test_large_but_representable_values_still_compare_exactly():
     assert constant_value("\\pi^{9999}") is not None
     assert numeric_verdict("1.5", "\\pi^{9999}") is False

@@ -41,8 +41,11 @@ import mpmath
 MAX_EXPRESSION_CHARS = 300
 MAX_DEPTH = 24
 MAX_EXPONENT = 10_000
-MAX_EXACT_BITS = 200_000
+MAX_EXACT_BITS = 20_000
+"""Largest numerator or denominator computed exactly (about 6,000 digits): arithmetic on Fractions
+needs gcds, which take a third of a second at ten times this size."""
 MAX_MAGNITUDE_BITS = MAX_EXACT_BITS
+"""Every value lies within 2**±this (or is 0): pi^9999 does, {pi^{9999}}^{9999} does not."""
 MAX_ROOT_DEGREE = 64
 PRECISION_DIGITS = 50
 SAMPLE_POINTS = 2
