@@ -327,10 +327,13 @@ def bars(report: Report) -> list[tuple[str, float, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"the real_responses folder (default: {DEFAULT_DATA})")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N questions of each dataset, for everything")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help=f"the real_responses folder (default: {DEFAULT_DATA})")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="only the first N questions of each dataset, for everything")
     parser.add_argument("--math-verify-limit", type=int, default=None,
-                        help="compare only the first N questions of each dataset with naive Math-Verify (default: all; 0: none)")
+                        help="compare only the first N questions of each dataset with naive Math-Verify "
+                        "(default: all; 0: none)")
     parser.add_argument("--jobs", type=int, default=1, help="processes for naive Math-Verify (default 1)")
     parser.add_argument("--show", type=int, default=1, help="examples printed per disagreement class (default 1)")
     args = parser.parse_args(argv)

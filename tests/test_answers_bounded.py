@@ -145,15 +145,16 @@ def test_exact_arithmetic_refuses_huge_magnitudes_before_computing(text):
     assert time.monotonic() - start < 0.5
 
 
+PRIME_PAIRS = [(999983, 999979), (999961, 999959), (999953, 999931)]
+
+
 @pytest.mark.parametrize(
     "text",
     [
         # Fractions of powers inside and beyond the exact-size limit: sums and products need gcds
         # of numbers that large
-        *("+".join(f"\\frac{{{p}^{{{e}}}}}{{{q}^{{{e}}}}}" for p, q in [(999983, 999979), (999961, 999959), (999953, 999931)])
-          for e in (1000, 10000)),
-        *("\\cdot".join(f"\\frac{{{p}^{{{e}}}}}{{{q}^{{{e}}}}}" for p, q in [(999983, 999979), (999961, 999959), (999953, 999931)])
-          for e in (1000, 10000)),
+        *("+".join(f"\\frac{{{p}^{{{e}}}}}{{{q}^{{{e}}}}}" for p, q in PRIME_PAIRS) for e in (1000, 10000)),
+        *("\\cdot".join(f"\\frac{{{p}^{{{e}}}}}{{{q}^{{{e}}}}}" for p, q in PRIME_PAIRS) for e in (1000, 10000)),
         "+".join(f"\\frac{{1}}{{{p}^{{10000}}}}" for p in (999983, 999979, 999961, 999959, 999953, 999931)),
         "\\sqrt[3]{999983^{999}}+\\sqrt{999979^{1000}}",
         "x^{9999}+" + "+".join(f"{p}^{{1000}}" for p in (999983, 999979, 999961)),

@@ -105,7 +105,10 @@ SEVERAL_BOXES = [
 # A stated final answer against boxes: Math-Verify's priorities.
 FINAL_ANSWER_STATEMENTS = [
     # The Minerva format wins over boxed intermediate results before it ...
-    ("So $a=\\boxed{150}$ then $b=\\boxed{240}$.\nFinal Answer: The final answer is $390$. I hope it is correct.", "390"),
+    (
+        "So $a=\\boxed{150}$ then $b=\\boxed{240}$.\nFinal Answer: The final answer is $390$. I hope it is correct.",
+        "390",
+    ),
     ("\\boxed{150} and later \\boxed{240}. Final Answer: The final answer is $390$.", "390"),
     ("\\boxed{5}. Hence the final answer is 6.", "6"),
     # ... and with "I hope" over a box after it too

@@ -50,8 +50,9 @@ def looks_explosive(answer: str) -> bool:
 
     True for: more than ``MAX_SYMPY_CHARS`` characters; bracket nesting deeper than
     ``MAX_SYMPY_DEPTH``; a power whose exponent contains a power (``9^{9^{9}}``); an exponent of six
-    or more digits (after any signs, spaces and opening brackets); a factorial of a six-digit number or of a group holding a power, a factorial or a
-    six-digit number; three factorials in a row; a binomial with such arguments.
+    or more digits (after any signs, spaces and opening brackets); a factorial of a six-digit number
+    or of a group holding a power, a factorial or a six-digit number; three factorials in a row; a
+    binomial with such arguments.
     """
     if len(answer) > MAX_SYMPY_CHARS:
         return True

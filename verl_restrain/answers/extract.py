@@ -91,7 +91,9 @@ def _answer_at(text: str) -> tuple[str, int] | None:
     return answer, start + end
 
 
-def _final_answer_statement(text: str, start: int, pattern: re.Pattern = _FINAL_ANSWER_IS) -> tuple[str, int, int] | None:
+def _final_answer_statement(
+    text: str, start: int, pattern: re.Pattern = _FINAL_ANSWER_IS
+) -> tuple[str, int, int] | None:
     """(X, anchor index, end of X) of the last ``pattern`` ("final answer ... is") in
     ``text[start:]``, if its X is math: delimited, or starting as ``_MATH_START``."""
     last = None
