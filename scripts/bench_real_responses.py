@@ -295,8 +295,11 @@ def compare(questions: list[Question], naive: dict[int, tuple], report: Report) 
             if ids != mv_ids:
                 ours_pairs = {(i, j) for i in range(len(ids)) for j in range(i) if ids[i] == ids[j] >= 0}
                 mv_pairs = {(i, j) for i in range(len(ids)) for j in range(i) if mv_ids[i] == mv_ids[j] >= 0}
-                if -1 in ids and -1 not in mv_ids:
-                    joined = "no answer extracted (Math-Verify read one)"
+                ours_missing = any(i < 0 <= j for i, j in zip(ids, mv_ids))
+                theirs_missing = any(j < 0 <= i for i, j in zip(ids, mv_ids))
+                if ours_missing or theirs_missing:
+                    joined = ("no answer extracted (Math-Verify read one)" if ours_missing
+                              else "Math-Verify read no answer (ours did)")
                 elif ours_pairs - mv_pairs:
                     joined = "ours joins answers Math-Verify keeps apart"
                 else:
