@@ -317,14 +317,14 @@ def _print_classes(title: str, tally: Tally, show: int) -> None:
                 print(f"      {key}: {value!r}")
 
 
-def bars(report: Report) -> list[tuple[str, float, float]]:
-    """(bar, measured, required) for every bar; a bar is met when measured >= required."""
+def bars(report: Report) -> list[tuple[str, Tally, float]]:
+    """(bar, what was measured, required rate) for every bar; a bar is met when the rate reaches it."""
     return [
-        ("ToRA: is_correct agrees with naive Math-Verify", report.vs_math_verify["tora"].rate, TORA_AGREEMENT_BAR),
-        ("MATH: single-box solutions graded correct against their own box", report.single_box.rate, 1.0),
-        ("MATH: ',\\!' gold answers accept the plain number", report.thousands_golds.rate, 1.0),
-        ("GSM: solutions with an extracted answer", report.gsm_extracted.rate, GSM_EXTRACTION_BAR),
-        ("GSM: of those, is_correct agrees with the upstream labels", report.gsm_agreement.rate, GSM_AGREEMENT_BAR),
+        ("ToRA: is_correct agrees with naive Math-Verify", report.vs_math_verify["tora"], TORA_AGREEMENT_BAR),
+        ("MATH: single-box solutions graded correct against their own box", report.single_box, 1.0),
+        ("MATH: ',\\!' gold answers accept the plain number", report.thousands_golds, 1.0),
+        ("GSM: solutions with an extracted answer", report.gsm_extracted, GSM_EXTRACTION_BAR),
+        ("GSM: of those, is_correct agrees with the upstream labels", report.gsm_agreement, GSM_AGREEMENT_BAR),
     ]
 
 
@@ -386,13 +386,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n== bars ==")
     missed = False
-    for what, measured, required in bars(report):
-        if math.isnan(measured):
+    for what, tally, required in bars(report):
+        if not tally.total:
             print(f"  {what}: not measured")
             continue
-        met = measured >= required
+        met = tally.rate >= required
         missed |= not met
-        print(f"  {what}: {100 * measured:.2f}% (bar {100 * required:g}%): {'met' if met else 'MISSED'}")
+        print(f"  {what}: {tally.line()} (bar {100 * required:g}%): {'met' if met else 'MISSED'}")
     return 1 if missed else 0
 
 

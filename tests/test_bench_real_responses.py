@@ -70,7 +70,7 @@ def test_benchmark_exits_nonzero_when_a_bar_is_missed(tmp_path):
     assert "ToRA: is_correct agrees with naive Math-Verify: not measured" in met.stdout
     missed = _run(_tiny_dataset(tmp_path / "bad", "She makes eighteen dollars."))
     assert missed.returncode == 1, missed.stdout + missed.stderr[-3000:]
-    assert "GSM: solutions with an extracted answer: 0.00% (bar 99%): MISSED" in missed.stdout
+    assert "GSM: solutions with an extracted answer: 0/4 (0.00%) (bar 99%): MISSED" in missed.stdout
     assert "[gsm vs labels] ours False, label True: no answer extracted: 4" in missed.stdout
 
 
