@@ -62,15 +62,27 @@ def test_percent_words_and_malformed_answers(gold, pred, expected):
     assert_equivalence(gold, pred, expected)
 
 
-def test_sentence_answer_keeps_the_number_before_a_unit_word():
-    assert answers.extract_answer("The answer is 18 dollars.") == "18"
-    assert answers.extract_answer("So the answer is 4 containers per day.") == "4"
-    assert answers.extract_answer("The answer is \\$25 dollars.") == "25"
-    assert answers.extract_answer("The answer is 2,500 people.") == "2500"
+@pytest.mark.parametrize(
+    "response,expected",
+    [
+        # A sentence answer followed by a unit or a noun is the number
+        ("The answer is 18 dollars.", "18"),
+        ("So the answer is 4 containers per day.", "4"),
+        ("The answer is \\$25 dollars.", "25"),
+        ("The answer is 2,500 people.", "2500"),
+        ("Final answer: 7 apples", "7"),
+        # A list stays a list, and prose stays no answer
+        ("The answer is 2 and 3.", "2, 3"),
+        ("The answer is that we need more data.", None),
+    ],
+)
+def test_sentence_answer_before_a_unit_word(response, expected):
+    assert answers.extract_answer(response) == expected
+
+
+def test_sentence_answer_with_a_unit_word_grades_and_votes():
     assert answers.is_correct("Therefore the answer is 18 dollars.", "18")
-    # A list stays a list, and prose stays no answer
-    assert answers.extract_answer("The answer is 2 and 3.") == "2, 3"
-    assert answers.extract_answer("The answer is that we need more data.") is None
+    assert answers.cluster_answers(["The answer is 18 dollars.", "\\boxed{18}", "The answer is 19 dollars."]) == [0, 0, 1]
 
 
 # Several boxes: which of them are one answer. Every row is also what Math-Verify reads.
