@@ -12,7 +12,8 @@ them without sympy (exact constants, sets, bounds, polynomials sampled at fixed 
 Math-Verify on everything.
 
 - naive: ``math_verify.parse`` of every full response, then ``verify`` on every ordered pair of a
-  group (both directions must hold), clusters = connected components;
+  group (both directions must hold), clusters = connected components (Math-Verify's own time
+  limits raised to ``NAIVE_TIMEOUT_S``);
 - ``verl_restrain.answers.cluster_answers``.
 
 Both run in this one process pinned to one core (the Math-Verify workers inherit the pin). Prints
@@ -213,11 +214,20 @@ def build_groups(num_groups: int, group_size: int, seed: int) -> list[list[str]]
     return groups
 
 
+NAIVE_TIMEOUT_S = 60
+"""Math-Verify's own time limits on the naive side (5 s by default): on a busy machine the default
+fires on responses that parse in well under a second, and the synthetic responses hold nothing
+that needs a limit, so a timeout would only make the two partitions differ by accident."""
+
+
 def naive_partition(responses: list[str]) -> list[int]:
     """Math-Verify on full responses, every ordered pair verified, connected components."""
     from math_verify import parse, verify
 
-    parsed = [parse(response) for response in responses]
+    def both_ways(a, b) -> bool:
+        return verify(a, b, timeout_seconds=NAIVE_TIMEOUT_S) and verify(b, a, timeout_seconds=NAIVE_TIMEOUT_S)
+
+    parsed = [parse(response, parsing_timeout=NAIVE_TIMEOUT_S) for response in responses]
     parent = list(range(len(responses)))
 
     def root(i: int) -> int:
@@ -227,7 +237,7 @@ def naive_partition(responses: list[str]) -> list[int]:
 
     for i in range(len(responses)):
         for j in range(i + 1, len(responses)):
-            if parsed[i] and parsed[j] and verify(parsed[i], parsed[j]) and verify(parsed[j], parsed[i]):
+            if parsed[i] and parsed[j] and both_ways(parsed[i], parsed[j]):
                 parent[root(j)] = root(i)
     ids, first = [], {}
     for i, answer in enumerate(parsed):

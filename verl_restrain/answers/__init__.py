@@ -1,57 +1,24 @@
-"""Final-answer extraction and equivalence voting for RESTRAIN.
+"""Final-answer extraction and equivalence voting: the answers RESTRAIN votes over.
 
-RESTRAIN votes over the final answers of the rollouts of one prompt, so "1/2", "0.5" and
-``\\frac{1}{2}`` must land in one cluster: split, a true majority looks like three minorities. This
-module turns responses into canonical answer strings and clusters them by Math-Verify equivalence,
-fast enough for every training step and safe on whatever a model writes.
+Kinds: ``"math"`` (free-form answers) and ``"choice"`` (one option letter, A-J). The README's
+"Answers" section describes how answers are read and compared, and where that departs from
+Math-Verify.
 
-Kinds: ``"math"`` (free-form answers) and ``"choice"`` (one option letter, A-J).
-
-Pipeline:
-1. ``extract_answer``: the last ``\\boxed{}``/``\\fbox{}`` (``extract.last_boxed``), else an
-   answer sentence ("The final answer is $x$"); for ``choice`` an option letter. Then
-   ``canonicalize``.
-2. ``canonicalize``: a normalised string (``canon.canonical_math``); equal strings are the
-   same answer, with no sympy call.
-3. ``same_answer`` for two different strings, cheapest first: constants and tuples of constants are
-   compared exactly (``numeric``: Fractions, 50-digit values, Math-Verify's 6-place rounding
-   when a decimal is involved); everything else goes to Math-Verify (``verify`` in both directions, a
-   symmetric relation) in a child process with a hard time limit (``sympy_pool``). Verdicts are
-   cached per pair.
-4. ``cluster_extracted``: union-find over the distinct strings of one group, comparing each pair of
-   distinct strings not already joined (the transitive closure of ``same_answer``); cluster ids are
-   numbered 0, 1, 2, ... by first appearance, so a tie broken toward the smallest id goes to the
-   answer that appeared first; no answer is -1.
-
-Guarantees: no function here raises on any response or answer string (a non-``str`` counts as no
-answer); only an unknown ``kind`` raises ``ValueError``. Extraction reads at most a bounded part of
-a response (see ``extract``). Time spent on sympy, in any thread:
-- one Math-Verify comparison (parsing both answers and verifying both ways, together) is cut off
-  ``sympy_pool.PAIR_TIMEOUT_S`` (1 s) after a started worker is at hand;
-- one ``cluster_extracted``, ``same_answer`` or ``is_correct`` call spends at most
-  ``SYMPY_BUDGET_S`` (4 s) on comparisons in all, waiting for a worker (busy, or starting after a
-  kill) included, plus a few milliseconds to kill a worker that ran out of time. The one exception
-  is the first comparison of a process, which waits for the first worker to start, up to
-  ``sympy_pool.STARTUP_TIMEOUT_S`` (60 s, normally under a second; ``sympy_pool.warm_up()``
-  does it ahead of time);
-- an answer blamed for a comparison that timed out (``sympy_pool._Pool._blame``) gets no sympy
-  comparison for ``sympy_pool.SLOW_ANSWER_TTL_S`` seconds, so it costs at most one timeout.
-What fails or runs out of time is "no answer" or "not equal".
-
-Votes versus grading: ``is_correct`` is ``same_answer`` of the extracted and the canonical gold
-answer, the relation the vote joins by, so the two agree on every pair except in two ways:
-- the vote is the transitive closure of ``same_answer`` within a group, and the relation is not
-  transitive where a decimal is rounded (here and in Math-Verify: to 6 places, except against an
-  integer, which a decimal must equal exactly) and where Math-Verify compares symbol names. So a
-  group holding "2", "2.0" and "2.0000001" votes them into one cluster ("2" = "2.0" exactly,
-  "2.0" = "2.0000001" at 6 places), while ``is_correct("\\boxed{2.0000001}", "2")`` is False.
-  The members of one cluster need not grade alike, so grading a cluster through one member
-  (``evaluation.grade_problem`` takes its first) can differ from grading another;
-- a pair that needs Math-Verify and gets no verdict in one call (the call's budget ran out, the
-  comparison timed out, an answer is remembered as slow, no worker could be had) is unequal in
-  that call only and not cached, so a later call, clustering or grading, may find it equal. Pairs
-  decided by string equality or ``numeric`` (in the benchmark, all but ``\\exp(k)``),
-  and every pair with a cached verdict, always get the same verdict.
+Guarantees:
+- no function raises on any response or answer string (a non-``str`` is no answer); only an
+  unknown ``kind`` raises ``ValueError``;
+- reading a response or an answer is bounded work, linear in its length (``boxes``, ``extract``,
+  ``canon``), and exact arithmetic refuses huge values before computing them (``values``);
+- one ``same_answer``, ``is_correct`` or ``cluster_extracted`` call spends at most
+  ``SYMPY_BUDGET_S`` on Math-Verify comparisons, in any thread, waiting for a worker included,
+  plus the milliseconds it takes to kill a worker that ran out of time. Only the first comparison
+  of a process may wait longer, for the first worker to start (up to
+  ``sympy_pool.STARTUP_TIMEOUT_S``; ``sympy_pool.warm_up()`` does it ahead of time), and then gets
+  its ``sympy_pool.PAIR_TIMEOUT_S``;
+- ``is_correct`` is ``same_answer`` of the canonical gold answer and the extracted one, the
+  relation the vote joins by; a cluster is the transitive closure of ``same_answer`` within a
+  group. A pair that gets no Math-Verify verdict within the budget is unequal in that call only
+  (not cached); every other verdict is cached and always the same.
 """
 
 from __future__ import annotations
@@ -62,10 +29,23 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from verl_restrain.answers.canon import canonical_math
-from verl_restrain.answers.extract import answer_sentence, choice_from_text, last_boxed, option_letter
+from verl_restrain.answers.extract import choice_from_text, math_answer, option_letter
 from verl_restrain.answers.kinds import BUILTIN_ANSWER_KINDS, KINDS, answer_kind, check_kind
 from verl_restrain.answers.numeric import numeric_verdict
 from verl_restrain.answers.sympy_pool import math_verify_equal
+
+__all__ = [
+    "BUILTIN_ANSWER_KINDS",
+    "KINDS",
+    "SYMPY_BUDGET_S",
+    "answer_kind",
+    "canonicalize",
+    "cluster_answers",
+    "cluster_extracted",
+    "extract_answer",
+    "is_correct",
+    "same_answer",
+]
 
 SYMPY_BUDGET_S = 4.0
 """Wall-clock time one ``cluster_extracted``, ``same_answer`` or ``is_correct`` call may spend on
@@ -109,7 +89,8 @@ _VERDICTS = _VerdictCache(VERDICT_CACHE_SIZE)
 
 
 def _math_equal(a: str, b: str, deadline: float) -> bool:
-    """Equality of two canonical math answers (rules in the module docstring).
+    """Equality of two canonical math answers: same string, else ``numeric_verdict``, else
+    Math-Verify in a worker (``math_verify_equal``), verdicts cached per unordered pair.
 
     ``deadline`` (monotonic seconds) ends the sympy budget of the calling ``cluster_extracted`` or
     ``same_answer``. A pair that gets no Math-Verify verdict (the budget ran out, the comparison
@@ -150,10 +131,11 @@ def canonicalize(answer: str, kind: str = "math") -> str | None:
 def extract_answer(response: str, kind: str = "math") -> str | None:
     """The final answer of a response in canonical form, or None when there is none.
 
-    ``math``: the content of the last box (``\\boxed{}``/``\\fbox{}``, braces matched; adjacent boxes
-    joined as in Math-Verify; an unclosed last box is skipped); without a box, the last "final
-    answer is X" / "(the) answer is X" / "Answer: X" / "Final Answer" heading over X in the last
-    2,000 characters.
+    ``math``: as ``extract.math_answer`` reads it, Math-Verify's priorities first: a "final answer
+    is X. I hope" statement; the last box (``\\boxed{}``/``\\fbox{}``, braces matched, the boxes
+    that form one answer with it joined as Math-Verify joins them, an unclosed last box skipped),
+    unless a "final answer ... is X" follows it; a last line "#### X" or "A: X"; the last
+    "(the) answer is X" / "Answer: X" / "Final Answer" heading over X in the last 2,000 characters.
     ``choice``: a letter A-J from the last box, else from "the answer is (B)" / "Answer: B" /
     "Final: B" (a bare letter only when it stands alone), else from a last line that is only a
     letter.
@@ -164,9 +146,7 @@ def extract_answer(response: str, kind: str = "math") -> str | None:
     try:
         if kind == "choice":
             return choice_from_text(response)
-        raw = last_boxed(response)
-        if raw is None:
-            raw = answer_sentence(response)
+        raw = math_answer(response)
         return None if raw is None else canonical_math(raw)
     except Exception:  # the rules are total on str; this only keeps a training step alive
         return None

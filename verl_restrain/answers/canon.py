@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from verl_restrain.answers.extract import MAX_BOX_CHARS, last_boxed
+from verl_restrain.answers.boxes import MAX_BOX_CHARS, last_boxed
 
 MAX_ANSWER_CHARS = MAX_BOX_CHARS
 """Canonical answers are at most this long; anything longer is not an answer."""
@@ -36,11 +36,15 @@ _UNICODE_TABLE = str.maketrans(_UNICODE_MATH)
 _DELIMITERS = re.compile(r"\\\$|\$|\\\(|\\\)|\\\[|\\\]")
 _LAYOUT = re.compile(
     r"\\(?:(?:displaystyle|textstyle|scriptstyle|middle|quad|qquad|[bB]igg?[lr]?)(?![a-zA-Z])"
-    r"|(?:left|right)(?![a-zA-Z])\.?|[!,;:>]|\s)|~"
+    r"|(?:left|right)(?![a-zA-Z])\.?|[,;:>]|\s)|~"
 )
+# A negative thin space takes no room: "10,\!080" is MATH's way of writing 10080.
+_NEGATIVE_SPACE = re.compile(r"\\!")
+_SEPARATED_THOUSANDS = re.compile(r"(?<=\d),\\!\s*(?=\d{3}(?!\d))")
 _FRAC_VARIANTS = re.compile(r"\\[dtc]frac(?![a-zA-Z])")
-_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree(?![a-zA-Z])")
-_PERCENT = re.compile(r"\\?%")
+_DEGREES = re.compile(r"\^\s*(?:\{\s*)?\\circ\s*\}?|\\circ|\\degree(?![a-zA-Z])")
+# "28\%", "28 percent", "28 pct" all say 28 percent.
+_PERCENT = re.compile(r"\\?%|(?<![a-zA-Z])(?:percent(?:age)?|pct)(?![a-zA-Z])")
 # As in Math-Verify (which reads \mathrm, \mathit, \mathbf, \textrm, ... as \text): a unit is words
 # in a text command at the end. But \mathrm{i} and \mathrm{e} are the imaginary unit and Euler's
 # number, not units of measure.
@@ -57,12 +61,14 @@ _BARE_UNITS = (
     "yr|year|degree|deg|cent|rupee|rs|unit"
 )
 _TRAILING_BARE_UNIT = re.compile(rf"(?<=[\d}}])\s*(?:{_BARE_UNITS})(?:e?s)?\s*$")
-_TEXT_CONJUNCTION = re.compile(r",?\s*\\(?:text|mbox|mathrm)\s*\{\s*(?:and|or)\s*\}\s*")
-_CONJUNCTION = re.compile(r"(?<![a-zA-Z\\])\s*,?\s*\b(?:and|or)\b(?![a-zA-Z])\s*")
+_TEXT_CONJUNCTION = re.compile(r"\\(?:text|mbox|mathrm)\s*\{\s*(and|or)\s*\}")
+_CONJUNCTION = re.compile(r"(?<![\\\w])(?:and|or)(?!\w)")
 _TEXT_COMMANDS = re.compile(
     r"\\(?:text(?:bf|it|rm|normal|sf|tt)?|math(?:rm|bf|it|sf|tt)|mbox|boldsymbol|bm|operatorname)\s*\{"
 )
-_THOUSANDS_COMMA = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_THOUSANDS_COMMA = re.compile(r"[+-]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")
+# "0,111" is not a thousands group: Math-Verify reads a decimal comma, 0.111.
+_DECIMAL_COMMA = re.compile(r"[+-]?0,\d{3}")
 _THOUSANDS_SPACE = re.compile(r"[+-]?\d{1,3}(?: \d{3})+(?:\.\d+)?")
 _CONTROL_WORD_END = re.compile(r"\\[a-zA-Z]+$")
 _SPACES = re.compile(r"\s+")
@@ -176,6 +182,19 @@ def _drop_assignment(text: str) -> str:
     return rhs or text
 
 
+def _conjunctions_as_commas(text: str) -> str:
+    """"1 and 2", "1, or 2" -> "1, 2": each standalone "and"/"or" with the spaces and the one comma
+    around it becomes ", " (a scan, so linear also on long runs of spaces)."""
+    pieces = _CONJUNCTION.split(text)
+    out = [pieces[0]]
+    for piece in pieces[1:]:
+        out[-1] = out[-1].rstrip()
+        if out[-1].endswith(","):
+            out[-1] = out[-1][:-1].rstrip()
+        out.append(", " + piece.lstrip())
+    return "".join(out)
+
+
 def _tidy(text: str) -> str:
     text = text.strip().rstrip(".,;:").strip()
     text = _strip_outer_braces(text)
@@ -187,6 +206,8 @@ def _tidy(text: str) -> str:
 def _rewrite(text: str) -> str:
     """One pass of the rewrites listed in ``canonical_math``."""
     text = _DELIMITERS.sub("", text)
+    if "\\!" in text:
+        text = _NEGATIVE_SPACE.sub("", _SEPARATED_THOUSANDS.sub("", text))
     text = _LAYOUT.sub(" ", text)
     text = _FRAC_VARIANTS.sub(r"\\frac", text)
     text = _braced_shorthand(text, "\\frac", 2)
@@ -196,12 +217,15 @@ def _rewrite(text: str) -> str:
     without_unit = _TRAILING_BARE_UNIT.sub("", _TRAILING_UNIT.sub("", text)).strip()
     if without_unit:
         text = without_unit
-    text = _TEXT_CONJUNCTION.sub(", ", text)
-    text = _unwrap_text_commands(text)
-    text = _CONJUNCTION.sub(", ", text)
+    if "\\" in text:
+        text = _TEXT_CONJUNCTION.sub(r" \1 ", text)
+        text = _unwrap_text_commands(text)
+    text = _conjunctions_as_commas(text)
     text = text.replace("{,}", "").strip()
     if _THOUSANDS_COMMA.fullmatch(text):
         text = text.replace(",", "")
+    elif _DECIMAL_COMMA.fullmatch(text):
+        text = text.replace(",", ".")
     elif _THOUSANDS_SPACE.fullmatch(text):
         text = text.replace(" ", "")
     text = _squeeze_spaces(text).replace(",", ", ")
@@ -219,18 +243,22 @@ def canonical_math(answer: str) -> str | None:
     Rewrites, in order:
     - invisible/control characters dropped; unicode math (−, ×, ·, π, ∞, √, °) spelled in LaTeX;
     - a ``\\boxed{}`` inside is replaced by its content (gold labels are sometimes stored boxed);
-    - ``$``, ``\\(``, ``\\)``, ``\\[``, ``\\]``, ``\\$`` removed; layout commands removed
-      (``\\left``, ``\\right``, ``\\displaystyle``, ``\\!``, ``\\,``, ``\\;``, ``\\quad``, ``~``);
+    - ``$``, ``\\(``, ``\\)``, ``\\[``, ``\\]``, ``\\$`` removed; a comma, ``\\!`` and three
+      digits is a thousands separator wherever it stands (MATH's ``10,\\!080``,
+      ``\\frac{9}{1,\\!024}``); layout commands removed (``\\left``, ``\\right``,
+      ``\\displaystyle``, ``\\,``, ``\\;``, ``\\quad``, ``~``; ``\\!`` without leaving a space);
     - ``\\dfrac``/``\\tfrac``/``\\cfrac`` -> ``\\frac``; ``\\frac12`` -> ``\\frac{1}{2}``,
       ``\\sqrt2`` -> ``\\sqrt{2}``;
-    - degrees (``^\\circ``, ``°``) and percent signs dropped: "50\\%" is "50", not "0.5";
+    - degrees (``^\\circ``, ``°``) and percent signs and words ("percent", "percentage", "pct")
+      dropped: "50\\%" and "50 percent" are "50", not "0.5";
     - a unit at the end after something else is dropped, as Math-Verify drops it: words in a text
       command (``5\\text{ cm}``, ``5\\,\\mathrm{cm}``, ``5\\mathrm{~cm}``, ``5\\mbox{ m}^2`` -> 5), or a
       unit word of several letters right after a number or brace ("5 cm", "5km" -> 5);
       other ``\\text{}``/``\\mathrm{}``/``\\mathbf{}`` wrappers are unwrapped;
       "and"/"or" between items become commas;
     - a bare number with thousands separators loses them ("1,000" and "1{,}000" -> "1000"), but
-      only when the whole answer is that number: "(1,2)" and "1, 000" are lists;
+      only when the whole answer is that number: "(1,2)" and "1, 000" are lists; a comma after a
+      lone zero is a decimal comma, as Math-Verify reads it ("0,375" -> "0.375");
     - spaces dropped (kept between two digits and after a control word before a letter), list
       commas written ", ";
     - trailing ``.,;:``, enclosing braces, a leading "+" and a single-symbol assignment

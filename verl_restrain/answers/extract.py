@@ -1,196 +1,170 @@
-"""Locating the final answer inside a response: boxes, answer sentences, option letters.
+"""Locating the final answer inside a response: boxes, stated answers, option letters.
 
-Everything here is plain string scanning with bounded work, whatever the input: the last box is found
-with ``str.rfind`` (linear in the response), brace matching stops after ``MAX_BOX_CHARS`` characters,
-at most ``MAX_BOXES_SCANNED`` boxes are looked at, and the sentence patterns only read the last
-``TAIL_CHARS`` characters. No function here raises on any ``str``.
+Plain string scanning with bounded work, whatever the input: boxes are read by ``boxes`` (linear),
+and the stated-answer patterns only read the last ``TAIL_CHARS`` characters. Every pattern is linear
+in its input. No function here raises on any ``str``.
 """
 
 from __future__ import annotations
 
 import re
 
-MAX_BOX_CHARS = 1000
-"""A box whose content is longer than this (or never closes within it) is not a final answer."""
-MAX_BOXES_SCANNED = 32
-"""How many ``\\boxed``/``\\fbox`` commands are examined, counting back from the end."""
-MAX_JOINED_BOXES = 8
-"""Longest run of adjacent boxes read as one answer; a longer run is box spam, not an answer."""
+from verl_restrain.answers.boxes import boxed_answer, last_boxed
+
 TAIL_CHARS = 2000
-"""The answer-sentence and option-letter fallbacks only read this many final characters."""
+"""Stated answers, final lines and option letters are only looked for in this many final characters."""
 MAX_SENTENCE_ANSWER_CHARS = 200
 
 OPTION_LETTERS = "ABCDEFGHIJ"
 """Option letters for ``choice``: A-J covers 4-option GPQA/MMLU and 10-option MMLU-Pro."""
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
-# Math-Verify's rule for reading several boxes as one answer ("\boxed{2} and \boxed{3}"): boxes
-# closer than 10 characters, or closer than 70 with a list separator between them.
-_NEAR_BOX_GAP = 10
-_FAR_BOX_GAP = 70
-_BOX_SEPARATOR = re.compile(r"\b(?:and|or)\b|,|;")
-
 _ANSWER_SENTENCE = re.compile(
     r"(?:final\s+answer|\banswer)\s*(?:is\b|:|=)\s*:?\s*|final\s+answer[ \t]*\n\s*", re.IGNORECASE
 )
+# Math-Verify's "final answer ... is X" (up to 100 characters between), which it reads in place of
+# an earlier box; with "final answer is X. I hope", in place of any box (the Minerva format).
+_FINAL_ANSWER_IS = re.compile(r"(?i:final answer).{0,100}?\sis\b:?\s*", re.DOTALL)
+_MINERVA = re.compile(r"(?i:final answer is):?\s*")
+_I_HOPE = re.compile(r"\.?\s?I hope")
+# What Math-Verify reads after "final answer is": math in delimiters, a number or an expression
+# that starts with one, or a fraction.
+_MATH_START = re.compile(r"[-+(]{0,3}(?:\\?\$)?[-+]?\.?\d|\\[dtc]?frac")
+# The final line of GSM8K-style solutions: "#### 18" (the dataset's own answers), "A: 72".
+_FINAL_LINE = re.compile(r"(?:####|A:)[ \t]*")
 _MATH_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
 # Two plain words in a row ("because the", "is not") mean the sentence went on in prose.
 _PROSE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}\s+[a-zA-Z]{2,}")
+# A number followed by words ("18 dollars", "4 containers per day"): the number is the answer.
+_NUMBER_THEN_WORDS = re.compile(r"(?<![\w.,])((?:\\?\$)?[-+]?\d[\d,]*(?:\.\d+)?)\s+[a-zA-Z]{2}[a-zA-Z ]*")
 
 # A bare letter counts when it stands alone: "Answer: I think it's B" is not option I, nor is
 # "The answer is A train ..." option A. Followed by a lower-case word it counts too, except for A and
 # I, which are English words: "The answer is B because ..." is option B.
 _LETTER_AFTER_ANSWER = re.compile(
-    r"(?:(?i:answer)\s*(?:(?i:is)\s*)?[:\-]?|(?i:final)\s*:)\s*(?:(?i:option|choice)\s*)?"
+    r"(?:(?i:answer)\s*(?:(?i:is)\s*)?(?:[:\-]\s*)?|(?i:final)\s*:\s*)(?:(?i:option|choice)\s*)?"
     r"(?:\(\s*([A-Ja-j])\s*\)|([A-J])(?=[ \t]*(?:$|[\n.,;:!?)\]}]))|([B-HJ])(?=[ \t]+[a-z]))"
 )
-_LETTER_ALONE = re.compile(r"\(?\s*([A-J])\s*\)?\.?")
+_LETTER_ALONE = re.compile(r"(?:\(\s*)?([A-J])(?:\s*\))?\.?")
 _LETTER_FRAGMENT = re.compile(r"\(\s*([A-Ja-j])\s*\)(?:[\s.:,].*)?|([A-J])(?:[\s.:,)].*)?|([a-j])[.:)]?", re.DOTALL)
 _TEXT_WRAPPERS = re.compile(r"\\(?:text(?:bf|it|rm|normal)?|math(?:rm|bf|it|sf)|mbox|bf)\s*\{([^{}]*)\}")
 _OPTION_WORD = re.compile(r"^(?:option|choice)\s*", re.IGNORECASE)
 
 
-def _command_at(text: str, start: int) -> int:
-    """Length of the box command starting at ``start``, or 0 if it is part of a longer command."""
-    for command in _BOX_COMMANDS:
-        if text.startswith(command, start):
-            after = start + len(command)
-            if after < len(text) and text[after].isalpha():
-                return 0
-            return len(command)
-    return 0
-
-
-def _closing_brace(text: str, open_pos: int) -> int:
-    """Index of the brace closing ``text[open_pos] == "{"``, or -1 within ``MAX_BOX_CHARS``.
-
-    Escaped braces (``\\{``, ``\\}``) are set delimiters, not grouping, and are skipped.
-    """
-    depth = 0
-    stop = min(len(text), open_pos + MAX_BOX_CHARS + 2)
-    i = open_pos
-    while i < stop:
-        char = text[i]
-        if char == "\\":
-            i += 2
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return -1
-
-
-def _box_at(text: str, start: int, limit: int) -> tuple[str, int] | None:
-    """(content, end index) of the box whose command starts at ``start``, ending before ``limit``.
-
-    ``\\boxed{...}`` is read with brace matching; ``\\boxed 5`` (no brace) takes one token
-    without braces, dollars or backslashes.
-    Returns None for an empty, unclosed or over-long box.
-    """
-    command_len = _command_at(text, start)
-    if command_len == 0:
-        return None
-    pos = start + command_len
-    while pos < limit and text[pos].isspace():
-        pos += 1
-    if pos >= limit:
-        return None
-    if text[pos] == "{":
-        close = _closing_brace(text, pos)
-        if close < 0 or close >= limit:
-            return None
-        content = text[pos + 1 : close].strip()
-        return (content, close) if content else None
-    token = re.match(r"[^\s${}\\]{1,100}", text[pos:limit])
-    if token is None:
-        return None
-    return token.group(0), pos + token.end() - 1
-
-
-def _previous_box_start(text: str, before: int) -> int:
-    return max(text.rfind(command, 0, before) for command in _BOX_COMMANDS)
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last complete box, or of the last run of adjacent boxes joined with ", ".
-
-    Rules (Math-Verify's "last" box mode, bounded):
-    - the last box that is non-empty and closes within ``MAX_BOX_CHARS`` wins; an unclosed box
-      (a truncated response) is skipped and the one before it is used;
-    - an earlier box joins the answer when it ends fewer than 10 characters before the next one, or
-      fewer than 70 with "and", "or", "," or ";" between them and a different content, so that
-      ``\\boxed{2} and \\boxed{3}`` reads "2, 3"; identical neighbours count once;
-    - a run longer than ``MAX_JOINED_BOXES`` is spam and gives None.
-    """
-    parts: list[str] = []
-    run_start = len(text)
-    search_end = len(text)
-    for _ in range(MAX_BOXES_SCANNED):
-        start = _previous_box_start(text, search_end)
-        if start < 0:
-            break
-        search_end = start
-        box = _box_at(text, start, run_start)
-        if box is None:
-            if parts:
-                break
-            continue
-        content, end = box
-        if parts:
-            gap = text[end + 1 : run_start]
-            near = len(gap) < _NEAR_BOX_GAP
-            listed = content != parts[-1] and len(gap) < _FAR_BOX_GAP and _BOX_SEPARATOR.search(gap)
-            if not (near or listed):
-                break
-        if not parts or parts[-1] != content:
-            parts.append(content)
-            if len(parts) > MAX_JOINED_BOXES:
-                return None
-        run_start = start
-    if not parts:
-        return None
-    return ", ".join(reversed(parts))
-
-
-def _delimited(text: str) -> str | None:
-    """Math between ``$...$``/``\\(...\\)``/``\\[...\\]`` at the start of ``text``."""
+def _delimited(text: str) -> tuple[str, int] | None:
+    """(math, end) of ``$...$``/``\\(...\\)``/``\\[...\\]`` at the start of ``text``; ``end`` is
+    the index after the closing delimiter."""
     for opener, closer in _MATH_DELIMITERS:
         if text.startswith(opener):
             end = text.find(closer, len(opener))
-            return text[len(opener) : end] if end > 0 else None
+            return (text[len(opener) : end], end + len(closer)) if end > 0 else None
     return None
 
 
-def answer_sentence(text: str) -> str | None:
-    """Answer stated in words, used when a response has no box.
+def _answer_at(text: str) -> tuple[str, int] | None:
+    """(answer, end) of the answer that ``text`` starts with, after an answer phrase.
 
-    Takes the last "final answer is X", "(the) answer is X", "Answer: X" or a "Final Answer" heading
-    followed by X on the next line, in the final ``TAIL_CHARS`` characters (``**`` removed). X is the math right after it (``$...$``, ``\\(...\\)``, ``\\[...\\]``)
-    or else the text up to the end of the sentence or line. Prose ("the answer is that we need...")
-    and anything longer than ``MAX_SENTENCE_ANSWER_CHARS`` is not taken.
+    The answer is the math right at the start (``$...$``, ``\\(...\\)``, ``\\[...\\]``), else
+    the text up to the end of the sentence or line, of which a number followed by words ("18
+    dollars") keeps the number. Markdown ``**`` is ignored. Prose ("that we need more
+    information"), anything longer than ``MAX_SENTENCE_ANSWER_CHARS`` and an unclosed box are not
+    answers. ``end`` indexes ``text``.
     """
-    tail = text[-TAIL_CHARS:].replace("**", "")
-    last = None
-    for last in _ANSWER_SENTENCE.finditer(tail):
-        pass
-    if last is None:
-        return None
-    rest = tail[last.end() :].lstrip()
-    answer = _delimited(rest)
-    if answer is None:
-        end = _SENTENCE_END.search(rest)
-        answer = rest[: end.start()] if end else rest
-    answer = answer.strip()
+    start = len(text) - len(text.lstrip().lstrip("*").lstrip())
+    rest = text[start:]
+    delimited = _delimited(rest)
+    if delimited is not None:
+        answer, end = delimited
+    else:
+        sentence_end = _SENTENCE_END.search(rest)
+        end = sentence_end.start() if sentence_end else len(rest)
+        answer = rest[:end].replace("**", "").strip()
+        counted = _NUMBER_THEN_WORDS.fullmatch(answer)
+        if counted is not None:
+            answer = counted.group(1)
+    answer = answer.replace("**", "").strip()
     if not answer or len(answer) > MAX_SENTENCE_ANSWER_CHARS or _PROSE.search(answer):
         return None
     if any(command in answer for command in _BOX_COMMANDS):  # a box that never closed
         return None
-    return answer
+    return answer, start + end
+
+
+def _final_answer_statement(
+    text: str, start: int, pattern: re.Pattern = _FINAL_ANSWER_IS
+) -> tuple[str, int, int] | None:
+    """(X, anchor index, end of X) of the last ``pattern`` ("final answer ... is") in
+    ``text[start:]``, if its X is math: delimited, or starting as ``_MATH_START``."""
+    last = None
+    for last in pattern.finditer(text, start):
+        pass
+    if last is None:
+        return None
+    found = _answer_at(text[last.end() :])
+    if found is None:
+        return None
+    rest = text[last.end() :].lstrip().lstrip("*").lstrip()
+    if not (rest.startswith(("$", "\\(", "\\[")) or _MATH_START.match(found[0])):
+        return None
+    return found[0], last.start(), last.end() + found[1]
+
+
+def _first_final_answer(text: str) -> int | None:
+    """Where the first "final answer" (any case) of the final ``TAIL_CHARS`` characters starts,
+    or None: a fast test before the statement patterns, which most responses do not need."""
+    tail_start = max(0, len(text) - TAIL_CHARS)
+    tail = text[tail_start:]
+    lowered = tail.lower()
+    found = lowered.find("final answer")
+    if found < 0:
+        return None
+    # lower() can lengthen a few characters (İ); then the index is not one of text's.
+    return tail_start + found if len(lowered) == len(tail) else tail_start
+
+
+def final_line_answer(text: str) -> str | None:
+    """X of a last line "#### X" or "A: X" (GSM8K's answers, and its few-shot solutions), when X is
+    a number or starts like one (``_MATH_START``): "#### Answer: 42" is left to ``answer_sentence``
+    and a Markdown heading "#### Step 3" is no answer."""
+    stripped = text.rstrip()
+    line = stripped[max(stripped.rfind("\n") + 1, len(stripped) - TAIL_CHARS) :].lstrip()
+    marker = _FINAL_LINE.match(line)
+    found = _answer_at(line[marker.end() :]) if marker else None
+    return found[0] if found is not None and _MATH_START.match(found[0]) else None
+
+
+def answer_sentence(text: str) -> str | None:
+    """Answer stated in words: the last "final answer is X", "(the) answer is X", "Answer: X" or a
+    "Final Answer" heading followed by X on the next line, in the final ``TAIL_CHARS``
+    characters; X as ``_answer_at`` reads it."""
+    tail = text[-TAIL_CHARS:].replace("**", "")
+    last = None
+    for last in _ANSWER_SENTENCE.finditer(tail):
+        pass
+    found = None if last is None else _answer_at(tail[last.end() :])
+    return None if found is None else found[0]
+
+
+def math_answer(text: str) -> str | None:
+    """The raw final answer of a ``math`` response, Math-Verify's priorities first, or None.
+
+    In order: X of a "final answer is X. I hope" (the Minerva format); the last box
+    (``boxes.boxed_answer``), unless a "final answer ... is X" follows it, then X; a last line
+    "#### X" or "A: X"; an answer sentence (``answer_sentence``). Statements are looked for in the
+    final ``TAIL_CHARS`` characters.
+    """
+    start = _first_final_answer(text)
+    minerva = None if start is None else _final_answer_statement(text, start, _MINERVA)
+    if minerva is not None and _I_HOPE.match(text, minerva[2]):
+        return minerva[0]
+    statement = None if start is None else _final_answer_statement(text, start)
+    boxed = boxed_answer(text)
+    if boxed is not None:
+        if statement is not None and statement[1] >= boxed[1]:
+            return statement[0]
+        return boxed[0]
+    return final_line_answer(text) or answer_sentence(text)
 
 
 def option_letter(fragment: str) -> str | None:

@@ -132,6 +132,8 @@ def _approx_equal(a: mpmath.mpf, b: mpmath.mpf) -> bool | None:
 
 
 def _rounded(value: Value) -> Fraction:
+    """The value rounded to ``FLOAT_ROUNDING`` places, exactly. Cheap for every ``Value``: its
+    magnitude is within 2**±``values.MAX_MAGNITUDE_BITS``, so the Fraction has at most that many bits."""
     if value.exact is not None:
         exact = value.exact
     else:

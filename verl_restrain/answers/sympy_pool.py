@@ -8,31 +8,24 @@ there), driven over pipes with ``poll`` deadlines. A comparison that misses its 
 worker, a fresh one starts in the background, there is no verdict (the caller counts the pair
 unequal), and the answer to blame is remembered for a while so that it costs no second timeout.
 
-Before anything reaches a worker, ``looks_explosive`` turns away answers that would make sympy build
-astronomically large numbers (power towers, huge exponents, factorials of big numbers or of
-expressions with powers, overlong or deeply nested strings); those count as different from every
-other string.
-
-Workers are plain ``subprocess.Popen`` children (not ``multiprocessing``), so they can be started
-from daemonic processes too; each one holds a Python interpreter with sympy loaded (about 150 MB).
-Pools are per process: a forked child never reuses its parent's workers.
+Before anything reaches a worker, ``explosive.looks_explosive`` turns away answers that would make
+sympy build astronomically large numbers; those count as different from every other string. Each
+worker (``sympy_process.Worker``) holds a Python interpreter with sympy loaded (about 150 MB). Pools
+are per process: a forked child never reuses its parent's workers.
 """
 
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import math
 import os
-import re
-import select
-import subprocess
-import sys
 import threading
 import time
 from collections import OrderedDict
-from pathlib import Path
+
+from verl_restrain.answers.explosive import looks_explosive
+from verl_restrain.answers.sympy_process import Worker, WorkerDied, WorkerGone, WorkerUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -49,182 +42,10 @@ STARTUP_TIMEOUT_S = 60.0
 waited for past a caller's deadline (see ``math_verify_equal``)."""
 MAX_STARTUP_FAILURES = 3
 """After this many workers in a row fail to start, sympy comparisons are switched off (logged)."""
-MAX_SYMPY_CHARS = 300
-MAX_SYMPY_DEPTH = 20
 WORKERS_ENV = "VERL_RESTRAIN_MATH_WORKERS"
 """Environment variable overriding the number of worker processes per Python process."""
 DEFAULT_WORKERS = max(2, min(4, os.cpu_count() or 1))
 """At least two, so that a started worker is at hand while a killed one's replacement starts."""
-
-_WORKER_SCRIPT = Path(__file__).with_name("sympy_worker.py")
-
-_POWER_TOWER = re.compile(r"\^\s*\{[^{}]*\^|\^\s*\([^()]*\^")
-_HUGE_EXPONENT = re.compile(r"\^\s*[{(]?\s*[+-]?\s*\d{6,}")
-_LONG_NUMBER = re.compile(r"\d{6,}")
-_FACTORIAL_CHAIN = re.compile(r"!\s*!\s*!")
-_BINOMIAL = re.compile(r"\\[dt]?binom")
-
-
-def _operand_before(text: str, end: int) -> str:
-    """The number or bracketed group that ends right before ``text[end]`` (for factorials)."""
-    i = end - 1
-    while i >= 0 and text[i].isspace():
-        i -= 1
-    if i < 0:
-        return ""
-    if text[i].isdigit():
-        start = i
-        while start > 0 and text[start - 1].isdigit():
-            start -= 1
-        return text[start : i + 1]
-    closers = {")": "(", "}": "{", "]": "["}
-    if text[i] not in closers:
-        return text[i]
-    depth = 0
-    for j in range(i, -1, -1):
-        if text[j] in closers:
-            depth += 1
-        elif text[j] in "({[":
-            depth -= 1
-            if depth == 0:
-                return text[j : i + 1]
-    return text[: i + 1]
-
-
-def looks_explosive(answer: str) -> bool:
-    """Whether handing ``answer`` to sympy risks an unbounded computation.
-
-    True for: more than ``MAX_SYMPY_CHARS`` characters; bracket nesting deeper than
-    ``MAX_SYMPY_DEPTH``; a power whose exponent contains a power (``9^{9^{9}}``); an exponent of six
-    or more digits; a factorial of a six-digit number or of a group holding a power, a factorial or a
-    six-digit number; three factorials in a row; a binomial with such arguments.
-    """
-    if len(answer) > MAX_SYMPY_CHARS:
-        return True
-    depth = deepest = 0
-    for char in answer:
-        if char in "({[":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in ")}]":
-            depth -= 1
-    if deepest > MAX_SYMPY_DEPTH:
-        return True
-    if _POWER_TOWER.search(answer) or _HUGE_EXPONENT.search(answer) or _FACTORIAL_CHAIN.search(answer):
-        return True
-    for match in re.finditer("!", answer):
-        operand = _operand_before(answer, match.start())
-        if "^" in operand or "!" in operand or _LONG_NUMBER.search(operand):
-            return True
-    if _BINOMIAL.search(answer) and ("^" in answer or _LONG_NUMBER.search(answer)):
-        return True
-    return False
-
-
-class _WorkerUnavailable(Exception):
-    """No worker could be started or reached; no verdict."""
-
-
-class _WorkerGone(Exception):
-    """The worker was already dead when a request was sent (not the request's fault)."""
-
-
-class _WorkerDied(Exception):
-    """The worker exited while handling a request."""
-
-
-def _worker_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # The child sees the same packages as this process, even when sys.path was extended at run
-    # time (Ray runtime environments, notebooks).
-    env["PYTHONPATH"] = os.pathsep.join(entry for entry in sys.path if entry)
-    return env
-
-
-class _Worker:
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-u", str(_WORKER_SCRIPT)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=_worker_env(),
-            close_fds=True,
-            start_new_session=True,
-        )
-        self.started = time.monotonic()
-        self.ready = False
-        self._buffer = b""
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def _read_line(self, deadline: float) -> bytes | None:
-        """One reply line, or None when ``deadline`` (monotonic seconds) passes first."""
-        fd = self.process.stdout.fileno()
-        poller = select.poll()  # not select.select: it fails on descriptors above 1023
-        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if not poller.poll(max(0, math.ceil(remaining * 1000))):
-                if remaining <= 0:
-                    return None
-                continue
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise _WorkerDied()
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line
-
-    def wait_ready(self, deadline: float) -> bool:
-        """True once the worker has started; False when ``deadline`` passes while it is still
-        starting. Raises ``_WorkerUnavailable`` when it died or ``STARTUP_TIMEOUT_S`` ran out."""
-        if self.ready:
-            return True
-        limit = self.started + STARTUP_TIMEOUT_S
-        try:
-            line = self._read_line(min(deadline, limit))
-        except _WorkerDied as error:
-            raise _WorkerUnavailable() from error
-        if line is None:
-            if time.monotonic() >= limit:
-                raise _WorkerUnavailable()
-            return False
-        try:
-            self.ready = json.loads(line).get("ready") is True
-        except (ValueError, AttributeError):
-            self.ready = False
-        if not self.ready:
-            raise _WorkerUnavailable()
-        return True
-
-    def send(self, payloads: list[dict]) -> None:
-        """Queue requests; the worker answers them in order."""
-        data = "".join(json.dumps(payload) + "\n" for payload in payloads)
-        try:
-            self.process.stdin.write(data.encode("ascii"))
-            self.process.stdin.flush()
-        except OSError as error:  # BrokenPipeError: it had exited before these requests
-            raise _WorkerGone() from error
-
-    def receive(self, deadline: float) -> dict | None:
-        """The next reply, or None if ``deadline`` passed first (the worker is then unusable)."""
-        line = self._read_line(deadline)
-        return None if line is None else json.loads(line)
-
-    def kill(self) -> None:
-        try:
-            self.process.kill()
-            self.process.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        for stream in (self.process.stdin, self.process.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
-
 
 class _RecentAnswers:
     """Thread-safe set of answer strings: beyond ``size`` entries the least recently added is
@@ -267,7 +88,7 @@ class _Pool:
     def __init__(self, size: int) -> None:
         self.size = size
         self.pid = os.getpid()
-        self._idle: list[_Worker] = []
+        self._idle: list[Worker] = []
         self._live = 0
         self._startup_failures = 0
         self._disabled = False
@@ -287,7 +108,7 @@ class _Pool:
         """Start workers up to ``size`` (call with the lock held)."""
         while self._live < self.size and not self._disabled:
             try:
-                worker = _Worker()
+                worker = Worker()
             except OSError:
                 logger.warning("cannot start a Math-Verify worker process", exc_info=True)
                 self._startup_failed()
@@ -295,7 +116,7 @@ class _Pool:
             self._live += 1
             self._idle.append(worker)
 
-    def _acquire(self, deadline: float) -> _Worker | None:
+    def _acquire(self, deadline: float) -> Worker | None:
         """An idle worker: a started one first, else the one starting longest; None when workers
         are off or none is free before ``deadline``."""
         with self._condition:
@@ -315,7 +136,7 @@ class _Pool:
             self._idle.remove(worker)
             return worker
 
-    def _retire(self, worker: _Worker, startup_failed: bool = False) -> None:
+    def _retire(self, worker: Worker, startup_failed: bool = False) -> None:
         """Kill a worker that timed out, died or failed to start, and start its replacement now
         (unless workers fail to start), so that it boots while other work goes on."""
         worker.kill()
@@ -327,29 +148,30 @@ class _Pool:
                 self._fill()
             self._condition.notify()
 
-    def _release(self, worker: _Worker) -> None:
+    def _release(self, worker: Worker) -> None:
         with self._condition:
             if worker.ready:
                 self._startup_failures = 0
             self._idle.append(worker)
             self._condition.notify()
 
-    def _checked_out(self, deadline: float) -> _Worker | None:
-        """A started worker, or None at ``deadline``; until a first worker of this process has
-        started, the wait is up to ``STARTUP_TIMEOUT_S`` instead."""
+    def _checked_out(self, deadline: float) -> tuple[Worker, bool] | None:
+        """A started worker, and whether the wait was for this process's first worker start; None
+        at ``deadline``. The first start is waited for up to ``STARTUP_TIMEOUT_S`` instead."""
         worker = self._acquire(deadline)
         if worker is None:
             return None
+        first = not self._ever_ready
         try:
-            ready = worker.wait_ready(deadline if self._ever_ready else math.inf)
-        except _WorkerUnavailable:
+            ready = worker.wait_ready(math.inf if first else deadline, STARTUP_TIMEOUT_S)
+        except WorkerUnavailable:
             self._retire(worker, startup_failed=True)
             return None
         if not ready:
             self._release(worker)  # still starting: a later comparison takes it
             return None
         self._ever_ready = True
-        return worker
+        return worker, first
 
     def warm_up(self) -> None:
         """Start every worker and wait until each has started (or failed to)."""
@@ -360,8 +182,8 @@ class _Pool:
                 self._idle.remove(worker)
         for worker in starting:
             try:
-                worker.wait_ready(math.inf)
-            except _WorkerUnavailable:
+                worker.wait_ready(math.inf, STARTUP_TIMEOUT_S)
+            except WorkerUnavailable:
                 self._retire(worker, startup_failed=True)
                 continue
             self._ever_ready = True
@@ -394,16 +216,19 @@ class _Pool:
         The whole comparison (preparing ``a``, preparing ``b``, verifying; one round trip) gets
         ``limit`` seconds from the moment a started worker is at hand, cut short at ``deadline``;
         waiting for a worker ends at ``deadline`` too, except before this process's first worker
-        has started. Running out of ``limit`` kills the worker, blames an answer (``_blame``) and
+        has started: that wait may pass ``deadline``, and the comparison then gets its whole
+        ``limit``. Running out of ``limit`` kills the worker, blames an answer (``_blame``) and
         gives None; running out of ``deadline`` kills the worker and gives None, blaming no one. A
         worker that crashes gives False.
         """
         for _ in range(self.size + 1):  # another try only if the worker was found already dead
-            worker = self._checked_out(deadline)
-            if worker is None:
+            checked = self._checked_out(deadline)
+            if checked is None:
                 return None
+            worker, first_start = checked
             own_stop = time.monotonic() + limit
-            stop = min(own_stop, deadline)
+            # A comparison that waited for the process's first worker still gets its own limit.
+            stop = own_stop if first_start else min(own_stop, deadline)
             requests = [
                 {"op": "prepare", "answer": a},
                 {"op": "prepare", "answer": b},
@@ -420,10 +245,10 @@ class _Pool:
                             self._blame(a, b, replies)
                         return None
                     replies.append(reply)
-            except _WorkerGone:
+            except WorkerGone:
                 self._retire(worker)
                 continue
-            except (_WorkerDied, ValueError):
+            except (WorkerDied, ValueError):
                 self._retire(worker)
                 return False
             self._release(worker)
@@ -466,9 +291,10 @@ def math_verify_equal(a: str, b: str, timeout: float | None = None, deadline: fl
     The comparison gets ``timeout`` seconds (default ``PAIR_TIMEOUT_S``) once a started worker is at
     hand. Waiting for a worker (all busy in other threads, or starting) and the comparison both end
     at ``deadline`` (monotonic seconds; default ``timeout`` from now), except that the first
-    comparison of a process waits up to ``STARTUP_TIMEOUT_S`` for the first worker to start
-    (``warm_up`` does that ahead of time). So a call returns by ``deadline``, plus the few
-    milliseconds it takes to kill a worker that ran out of time.
+    comparison of a process waits up to ``STARTUP_TIMEOUT_S`` for the first worker to start and
+    then gets its whole ``timeout`` (``warm_up`` does that wait ahead of time). So a call returns by
+    ``deadline`` (that first one by the worker's start plus ``timeout``), plus the few milliseconds
+    it takes to kill a worker that ran out of time.
 
     False for an explosive answer (``looks_explosive``) and when the worker crashes. None when
     ``deadline`` has passed, no worker can be had, the comparison ran out of time, or an answer was

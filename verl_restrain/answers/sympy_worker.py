@@ -5,7 +5,7 @@ package is not imported). A pair is equal when Math-Verify's ``verify`` holds in
 
 Work on one answer and work on a pair are separate requests, so that the parent can tell which
 answer is slow:
-- ``prepare`` parses an answer with Math-Verify and, for a plain expression, evaluates it at two
+- ``prepare`` parses an answer with Math-Verify (as LaTeX only) and, for a plain expression, evaluates it at two
   sample points (free symbols get fixed values chosen by name). Both are cached.
 - ``equal`` compares two prepared answers. When both are plain expressions whose sampled values
   differ clearly, the answer is "unequal" at once: Math-Verify's symbolic check
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import sympy
-from math_verify import parse, verify
+from math_verify import LatexExtractionConfig, parse, verify
 from sympy.matrices.expressions import MatrixExpr
 
 MEMORY_LIMIT_BYTES = 4 * 1024**3
@@ -97,9 +97,14 @@ class Prepared:
     samples: tuple[complex, ...] | None
 
 
+# The answer is already extracted LaTeX: read it as LaTeX only. Math-Verify's plain-number fallback
+# would otherwise read an unparsable answer by a number inside it ("-[0, 1)" as 1).
+LATEX_ONLY = (LatexExtractionConfig(),)
+
+
 @lru_cache(maxsize=PREPARED_CACHE_SIZE)
 def prepared(answer: str) -> Prepared:
-    parsed = parse(f"${answer}$", parsing_timeout=None)
+    parsed = parse(f"${answer}$", extraction_config=LATEX_ONLY, parsing_timeout=None)
     try:
         samples = _samples(parsed[0]) if parsed else None
     except Exception:  # sampling is only a shortcut; verify decides without it

@@ -19,9 +19,14 @@ Anything outside the subset gives None, and so do constructs that Math-Verify re
 a digit before ``\\frac`` (``2\\frac{1}{2}`` is the mixed number 5/2 there), juxtaposition after
 "/" (``1/2\\pi`` is ``1/(2\\pi)``), a group after a letter (``f(x)`` is a function call) or a
 constant group after a number (``2(3)`` is read as 5), a sign right after "^", stacked exponents,
-spaces between digits. Work is bounded: strings over ``MAX_EXPRESSION_CHARS``, nesting over
-``MAX_DEPTH``, exponents over ``MAX_EXPONENT`` and exact values over ``MAX_EXACT_BITS`` give None
-instead of being computed.
+spaces between digits.
+
+Work is bounded before it is done: strings over ``MAX_EXPRESSION_CHARS``, nesting over
+``MAX_DEPTH``, exponents over ``MAX_EXPONENT``, exact powers whose result would exceed
+``MAX_EXACT_BITS`` give None instead of being computed; and every intermediate value, exact or
+approximate, has a magnitude of at most 2**``MAX_MAGNITUDE_BITS`` (and, unless zero, at least its
+inverse), so that no later operation on it (rounding to a decimal place, converting to a Fraction)
+works on numbers of more than about ``MAX_MAGNITUDE_BITS`` bits.
 """
 
 from __future__ import annotations
@@ -36,7 +41,11 @@ import mpmath
 MAX_EXPRESSION_CHARS = 300
 MAX_DEPTH = 24
 MAX_EXPONENT = 10_000
-MAX_EXACT_BITS = 200_000
+MAX_EXACT_BITS = 20_000
+"""Largest numerator or denominator computed exactly (about 6,000 digits): arithmetic on Fractions
+needs gcds, which take a third of a second at ten times this size."""
+MAX_MAGNITUDE_BITS = MAX_EXACT_BITS
+"""Every value lies within 2**±this (or is 0): pi^9999 does, {pi^{9999}}^{9999} does not."""
 MAX_ROOT_DEGREE = 64
 PRECISION_DIGITS = 50
 SAMPLE_POINTS = 2
@@ -49,7 +58,8 @@ those are left to it."""
 MP = mpmath.MPContext()
 MP.dps = PRECISION_DIGITS
 
-_DECIMAL_LITERAL = re.compile(r"-?(?:\d+\.\d*|\.\d+)")
+# Starts only where a number starts, so that a search over a run of digits stays linear.
+_DECIMAL_LITERAL = re.compile(r"(?<![\d.])-?(?:\d+\.\d*|\.\d+)")
 _TOKEN = re.compile(r"\d+(?:\.\d*)?|\.\d+|\\[a-zA-Z]+|[-+*/^(){}\[\]]|\s+|.", re.DOTALL)
 _COMMANDS = {"\\frac", "\\sqrt", "\\pi", "\\cdot", "\\times", "\\div"}
 _PRODUCT_OPS = {"\\cdot", "\\times", "*"}
@@ -77,7 +87,11 @@ def _exact(value: Fraction) -> Value:
 def _approx(value, variable: bool = False) -> Value:
     if not MP.isfinite(value) or MP.im(value) != 0:
         raise _Unsupported("not a finite real number")
-    return Value(None, MP.mpf(value), variable=variable)
+    value = MP.mpf(value)
+    # mag is the binary exponent of the value (within 1): towers such as {\pi^{9999}}^{9999} stop here.
+    if value != 0 and abs(MP.mag(value)) > MAX_MAGNITUDE_BITS:
+        raise _Unsupported("magnitude too large or too small")
+    return Value(None, value, variable=variable)
 
 
 def _number(token: str) -> Value:
