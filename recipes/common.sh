@@ -77,6 +77,9 @@ SIGMA=${SIGMA:-}
 CENTER=${CENTER:-}
 KAPPA=${KAPPA:-}
 DELTA=${DELTA:-}
+# TTRL's vote/train split: vote on ROLLOUT_N rollouts per prompt, train on the first TRAIN_ROLLOUTS
+# (e.g. ROLLOUT_N=64 TRAIN_ROLLOUTS=32 as TTRL); empty trains on all of them.
+TRAIN_ROLLOUTS=${TRAIN_ROLLOUTS:-}
 
 # ---- offline scoring (u_x and the SRT-offline label), with the base model
 SCORE_N=${SCORE_N:-$ROLLOUT_N}
@@ -115,7 +118,7 @@ model_tag() {
 
 # "<uses u_x> <uses the offline label>" (0/1 each) for METHOD, a key of verl_restrain.methods.METHODS.
 method_inputs() {
-    "$PYTHON" -c 'import sys; from verl_restrain.methods import get_method; m = get_method(sys.argv[1]); print(int(m.use_prompt_weight), int(m.label_mode == "offline"))' "$1"
+    "$PYTHON" -c 'import sys; from verl_restrain.methods import get_method; m = get_method(sys.argv[1]); print(int(m.use_prompt_weight and m.prompt_weight_source == "offline"), int(m.label_mode == "offline"))' "$1"
 }
 
 # Score IN with the base model into OUT (c_ref and n, the base model's majority answer), unless OUT
@@ -206,7 +209,7 @@ restrain_train() {
         train_file=$scored
     fi
     local restrain_overrides=() field name value
-    for field in sigma center kappa delta; do
+    for field in sigma center kappa delta train_rollouts; do
         name=${field^^}
         value=${!name}
         if [[ -n "$value" ]]; then

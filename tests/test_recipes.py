@@ -177,7 +177,8 @@ def test_recipe_composes(script, tmp_path):
     commands = dry_run(script, tmp_path)
     train = training_command(commands)
     config = compose_recipe(train)
-    assert config.actor_rollout_ref.rollout.n == 16
+    # ETTRL's trees have 5 leaves: 3 trees keep the others' budget of 16 rollouts
+    assert config.actor_rollout_ref.rollout.n == (15 if script.stem == "ettrl" else 16)
     benchmark = "_aime24" if script.parent.name.startswith("testtime_") else ""  # test-time default benchmark
     assert config.trainer.experiment_name == f"{script.parent.name}{benchmark}_{script.stem}"
     method = script.stem
@@ -195,9 +196,14 @@ def test_recipe_composes(script, tmp_path):
     assert restrain.weighting == preset.weighting
     assert bool(restrain.use_prompt_weight) == preset.use_prompt_weight
     assert restrain.label_mode == preset.label_mode
+    assert restrain.prompt_weight_source == preset.prompt_weight_source
+    assert restrain.advantage_reshaping == preset.advantage_reshaping
+    if preset.agent_loop is not None:
+        assert config.actor_rollout_ref.rollout.agent.default_agent_loop == preset.agent_loop
     train_files = list(config.data.train_files)
     scoring = scoring_commands(commands)
-    if preset.use_prompt_weight or preset.label_mode == "offline":
+    offline_weight = preset.use_prompt_weight and preset.prompt_weight_source == "offline"
+    if offline_weight or preset.label_mode == "offline":
         (score,) = scoring
         assert score[score.index("--output") + 1] == train_files[0]
         assert score[score.index("--model") + 1] == config.actor_rollout_ref.model.path
@@ -211,9 +217,19 @@ def test_all_methods_have_a_qwen3_recipe():
     assert names == {
         "restrain", "ttrl", "srt_offline", "grpo_gold",
         "no_pseudo_label_weighting", "uniform_weighting", "no_negative_penalization", "no_prompt_weighting",
+        "online_prompt_weight",
     }
     assert {p.stem for p in (RECIPES / "octothinker_8b_base").glob("*.sh")} == {"restrain", "ttrl", "grpo_gold"}
-    assert {p.stem for p in (RECIPES / "testtime_llama31_8b_instruct").glob("*.sh")} == {"restrain", "ttrl", "testtime"}
+    assert {p.stem for p in (RECIPES / "testtime_llama31_8b_instruct").glob("*.sh")} == {
+        "restrain", "ttrl", "ettrl", "ettrl_ear_only", "testtime"
+    }
+
+
+def test_ttrl_vote_train_split_from_the_environment(tmp_path):
+    script = RECIPES / "qwen3_4b_base" / "ttrl.sh"
+    config = compose_recipe(training_command(dry_run(script, tmp_path, ROLLOUT_N="64", TRAIN_ROLLOUTS="32")))
+    assert (config.actor_rollout_ref.rollout.n, config.algorithm.restrain.train_rollouts) == (64, 32)
+    assert compose_recipe(training_command(dry_run(script, tmp_path))).algorithm.restrain.train_rollouts is None
 
 
 # ---------------------------------------------------------------- behaviour of the shared functions
