@@ -7,10 +7,12 @@ run here in the test process on the same tiny Qwen2 (head_dim 32, the least vLLM
 
 * the vLLM path writes the columns, types and metadata of the HF path; greedy decoding in float32
   gives the HF path's output exactly (same prompts, token ids, stops and decoding);
-* two runs with one seed give identical files, also when one runs vLLM in its default engine and
-  worker processes and the other in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``);
+* two evaluation runs with one seed write identical files, with each batch's prefill spread over
+  several engine steps (which fails on vLLM's CPU backend unless chunked prefill is off);
 * a scoring run stopped (SIGTERM) after a checkpoint leaves no vLLM process behind, and resumes from
-  the checkpoint to the uninterrupted run's files.
+  the checkpoint to the uninterrupted run's files: the stopped run's batches come from vLLM's
+  default engine and worker processes, the rest from vLLM in-process
+  (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so the samples do not depend on vLLM's process layout.
 
 The venv is ``$RESTRAIN_VLLM_PYTHON`` (its python; a broken one fails the tests), else
 ``.vllm-cpu-venv`` in the checkout; without either the tests skip with the reason. Every vLLM start
@@ -25,7 +27,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
