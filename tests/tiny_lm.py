@@ -106,8 +106,14 @@ def make_model(
     num_heads: int = 4,
     num_kv_heads: int = 2,
     intermediate_size: int | None = None,
+    initializer_range: float = 0.02,
 ) -> torch.nn.Module:
-    """A Qwen2 or Qwen3 causal LM with seeded random weights sized to ``tokenizer``."""
+    """A Qwen2 or Qwen3 causal LM with seeded random weights sized to ``tokenizer``.
+
+    The head dimension is ``hidden_size // num_heads``; vLLM needs at least 32 (``hidden_size=128``
+    with 4 heads). ``initializer_range`` is the std of the random weights: at the default 0.02, greedy
+    decoding repeats one token whatever the prompt; at 0.1 greedy completions differ per prompt.
+    """
     config_cls, model_cls = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM)}[arch]
     eos_ids = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(ENDOFTEXT)]
     config = config_cls(
@@ -119,6 +125,7 @@ def make_model(
         num_key_value_heads=num_kv_heads,
         head_dim=hidden_size // num_heads,
         max_position_embeddings=2048,
+        initializer_range=initializer_range,
         tie_word_embeddings=True,
         bos_token_id=eos_ids[1],
         eos_token_id=eos_ids,

