@@ -108,8 +108,8 @@ def test_per_label_loss_is_verls_ppo_loss_on_each_part(loss_agg_mode, far):
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, torch.autograd.grad(reference, new_values)[0], rtol=1e-5, atol=1e-6)
     # verl's ppo_loss kept its own parts: KL and entropy terms, metrics, and the per-part clip fractions
-    assert {"kl_loss", "actor/entropy_loss", "actor/pg_loss", "restrain/pg_clipfrac_positive",
-            "restrain/pg_clipfrac_negative"} <= set(metrics)
+    assert {"kl_loss", "actor/entropy_loss", "actor/pg_loss", "actor/pg_clipfrac_positive",
+            "actor/pg_clipfrac_negative"} <= set(metrics)
     assert config.policy_loss.loss_mode == "vanilla"  # the installed copy changed, not verl's config
 
 

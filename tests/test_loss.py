@@ -197,8 +197,8 @@ def test_hand_computed_loss_metrics_and_gradient():
     assert loss.item() == pytest.approx(-0.2275)
     (grad,) = torch.autograd.grad(loss, log_prob)
     torch.testing.assert_close(grad, torch.tensor([[-0.125, -0.125, 0.1875, 0.0, 0.0]], dtype=torch.float64))
-    assert metrics["restrain/pg_clipfrac_positive"] == pytest.approx(2 / 4)  # rho 1.5, 4.0
-    assert metrics["restrain/pg_clipfrac_negative"] == pytest.approx(1 / 4)  # rho 0.5
+    assert metrics["actor/pg_clipfrac_positive"] == pytest.approx(2 / 4)  # rho 1.5, 4.0
+    assert metrics["actor/pg_clipfrac_negative"] == pytest.approx(1 / 4)  # rho 0.5
     assert metrics["actor/pg_clipfrac"] == pytest.approx(3 / 4)  # a part clipped on rho 0.5, 1.5, 4.0
     assert metrics["actor/pg_clipfrac_lower"] == pytest.approx(1 / 4)  # rho 4.0 > c
     # mean of -log rho: -(ln 0.5 + 0 + ln 1.5 + ln 4) / 4 = -ln 3 / 4 = -0.274653

@@ -144,7 +144,7 @@ def restrain_policy_loss(
         ``actor/pg_clipfrac`` tokens on which either part is clipped (verl's ``pg_clipfrac`` when a
         part is zero), ``actor/pg_clipfrac_lower`` tokens whose negative part is dual-clipped,
         ``actor/ppo_kl`` the mean of old_log_prob - log_prob after the clamp (verl's three names), and
-        ``restrain/pg_clipfrac_positive`` / ``restrain/pg_clipfrac_negative`` tokens on which the
+        ``actor/pg_clipfrac_positive`` / ``actor/pg_clipfrac_negative`` tokens on which the
         positive (rho > 1 + eps_high) / negative (rho < 1 - eps_low) part is clipped.
     """
     if not clip_ratio_c > 1.0:
@@ -177,7 +177,7 @@ def restrain_policy_loss(
             "actor/pg_clipfrac": _masked_mean(clipped_positive | clipped_negative, response_mask).item(),
             "actor/ppo_kl": _masked_mean(-log_ratio.detach(), response_mask).item(),
             "actor/pg_clipfrac_lower": _masked_mean(negative & (ratio > clip_ratio_c), response_mask).item(),
-            "restrain/pg_clipfrac_positive": _masked_mean(clipped_positive, response_mask).item(),
-            "restrain/pg_clipfrac_negative": _masked_mean(clipped_negative, response_mask).item(),
+            "actor/pg_clipfrac_positive": _masked_mean(clipped_positive, response_mask).item(),
+            "actor/pg_clipfrac_negative": _masked_mean(clipped_negative, response_mask).item(),
         }
     return loss, metrics
