@@ -1,31 +1,18 @@
-"""CPU stand-ins for the two GPU pieces of verl's v1 training loop (test helper).
+"""The FSDP actor/reference worker group of verl's v1 trainer, on CPU.
 
-verl 0.9.1's own loop (``PPOTrainer.init`` / ``fit`` / ``step`` / ``_validate``, TransferQueue, the agent
-loop, the reward-loop workers, the replay buffer, padding, balancing, checkpoints, metrics) runs on CPU.
-Two pieces cannot, and are replaced here, each through the narrowest hook verl offers:
-
-* the FSDP worker group: :func:`cpu_trainer_class` subclasses a registered trainer and overrides only
-  ``_init_resource_pool_mgr``. verl's own version builds the role mapping and the pool spec from the
-  config; the subclass then swaps the worker class for :class:`CPUActorRefWorker` and creates the Ray
-  placement groups without GPUs. Everything else (``RayWorkerGroup``, the colocated ``WorkerDict``,
-  verl's dispatch and its TransferQueue bridge) is verl's.
-* the vLLM server: :class:`ScriptedReplica`, registered in verl's ``RolloutReplicaRegistry`` as
-  ``actor_rollout_ref.rollout.name=scripted``. verl's ``LLMServerManager`` launches it, its load
-  balancer routes to it, and verl's own LLM clients (``LLMServerClient`` for ``sync``,
-  ``FullyAsyncLLMServerClient`` for ``colocate_async``) call it. Its server answers each prompt from a
-  scripted pool of responses, tokenized with the model's real tokenizer.
-
-Ray workers import this module by name (``tests/`` is on their ``PYTHONPATH``), so it stays importable
-without pytest.
+:func:`cpu_trainer_class` subclasses a registered trainer and overrides only ``_init_resource_pool_mgr``:
+verl's own version builds the role mapping and the pool spec from the config, then the worker class
+becomes :class:`CPUActorRefWorker` and the Ray placement groups are created without GPUs (verl's
+``ResourcePoolManager.create_resource_pool`` hard-codes ``use_gpu=True``). ``RayWorkerGroup``, the
+colocated ``WorkerDict``, verl's dispatch and its TransferQueue bridge are verl's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import functools
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from typing import Any
 
 import ray
@@ -40,23 +27,12 @@ from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.metric.utils import Metric
 from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logits
 from verl.workers.engine.utils import prepare_micro_batches
-from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import build_attention_mask_from_nested
 
-ROLLOUT_NAME = "scripted"
-"""``actor_rollout_ref.rollout.name`` of :class:`ScriptedReplica`."""
+from verl_cpu.rollout import rollout_server_name
+
 CHECKPOINT_FILE = "cpu_actor.pt"
-GENERATE_TIMEOUT_S = 120.0
-
-
-def rollout_server_name(worker_group_prefix: str, replica_rank: int) -> str:
-    """Ray name of the scripted server colocated with a worker group's replica (as vLLM's hybrid server)."""
-    return f"{worker_group_prefix}scripted_rollout_{replica_rank}"
-
-
-# ----------------------------------------------------------------------------------------------------
-# The actor / reference worker group.
 
 
 def _values(tensor: torch.Tensor) -> torch.Tensor:
@@ -114,7 +90,7 @@ class CPUActorRefWorker(Worker):
         self.dp_group = torch.distributed.group.WORLD
         model_config = omega_conf_to_dataclass(self.config.model)
         torch.manual_seed(0)
-        self.model = AutoModelForCausalLM.from_pretrained(model_config.local_path, torch_dtype=torch.float32)
+        self.model = AutoModelForCausalLM.from_pretrained(model_config.local_path, dtype=torch.float32)
         self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
 
         # As ActorRolloutRefWorker.init_model builds the actor's loss.
@@ -143,7 +119,9 @@ class CPUActorRefWorker(Worker):
         lengths = offsets.diff()
         batch_size, max_len = len(lengths), int(lengths.max())
         padded = torch.nested.to_padded_tensor(input_ids, padding=self.pad_token_id, output_size=(batch_size, max_len))
-        positions = torch.nested.to_padded_tensor(micro_batch["position_ids"], padding=0, output_size=(batch_size, max_len))
+        positions = torch.nested.to_padded_tensor(
+            micro_batch["position_ids"], padding=0, output_size=(batch_size, max_len)
+        )
         mask = build_attention_mask_from_nested(input_ids, max_seq_len=max_len)
         logits = model(input_ids=padded, attention_mask=mask, position_ids=positions, use_cache=False).logits
         temperature = tu.get_non_tensor_data(micro_batch, "temperature", 1.0)
@@ -178,10 +156,10 @@ class CPUActorRefWorker(Worker):
         with torch.no_grad():
             for micro_batch in self._micro_batches(data, train=False):
                 outputs.append(self._forward(model, micro_batch, calculate_entropy))
-        merged = {
-            key: torch.nested.as_nested_tensor([row for out in outputs for row in out[key].unbind()], layout=torch.jagged)
-            for key in outputs[0]
-        }
+        merged = {}  # nested (bsz, prompt + response) per key, rows in the order received
+        for key in outputs[0]:
+            rows = [row for out in outputs for row in out[key].unbind()]
+            merged[key] = torch.nested.as_nested_tensor(rows, layout=torch.jagged)
         return tu.get_tensordict(tensor_dict=merged, non_tensor_dict={"metrics": {}})
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
@@ -247,7 +225,8 @@ class CPUActorRefWorker(Worker):
             else:
                 reduced[key] = float(sum(float(v) for v in values) / len(values))
         # No FLOP counter on CPU: verl's trainer pops "mfu" from every actor update.
-        reduced.update(loss=float(sum(losses)), grad_norm=float(grad_norm), lr=self.optimizer.param_groups[0]["lr"], mfu=0.0)
+        lr = self.optimizer.param_groups[0]["lr"]
+        reduced.update(loss=float(sum(losses)), grad_norm=float(grad_norm), lr=lr, mfu=0.0)
         return reduced
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
@@ -281,8 +260,10 @@ class CPUActorRefWorker(Worker):
     def update_weights(self, global_steps: int | None = None, mode: str = "auto"):
         """verl's hybrid weight sync: hand the weights and their version to the colocated server."""
         rollout = self.config.rollout
-        replica_size = rollout.tensor_model_parallel_size * rollout.data_parallel_size * rollout.pipeline_model_parallel_size
-        server = ray.get_actor(rollout_server_name(os.environ["WG_PREFIX"], self.rank // replica_size))
+        replica_size = (
+            rollout.tensor_model_parallel_size * rollout.data_parallel_size * rollout.pipeline_model_parallel_size
+        )
+        server = ray.get_actor(rollout_server_name(self.rank // replica_size))
         self.weights_versions.append(global_steps)
         state_dict = {name: tensor.detach().clone() for name, tensor in self.model.state_dict().items()}
         ray.get(server.update_weights.remote(global_steps, state_dict))
@@ -339,133 +320,3 @@ class CPUWorkerGroupMixin:
 def cpu_trainer_class(trainer_cls: type) -> type:
     """``trainer_cls`` (as ``get_trainer_cls`` returns it) with the CPU worker group."""
     return type(f"CPU{trainer_cls.__name__}", (CPUWorkerGroupMixin, trainer_cls), {})
-
-
-# ----------------------------------------------------------------------------------------------------
-# The rollout.
-
-
-@ray.remote(num_cpus=0)
-class ScriptedRolloutServer:
-    """A token-in token-out server that answers each prompt from its scripted pool, in turn.
-
-    ``script`` maps a question (found in the decoded prompt) to its pool; the k-th request for a
-    question gets ``pool[k % len(pool)]``, so each group of ``len(pool)`` samples of one prompt gets
-    the whole pool. Requests wait while the server sleeps (between ``sleep`` and the next weight
-    update), as a colocated vLLM server does; each answer reports the weights version it was
-    generated with (``extra_fields["global_steps"]``).
-    """
-
-    def __init__(self, script: dict[str, list[str]], model_path: str, response_length: int):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.script = script
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, torch_dtype=torch.float32).eval()
-        self.response_length = response_length
-        self.served: Counter = Counter()
-        self.version = None
-        self.awake = asyncio.Event()
-        self.events: list[tuple] = []
-
-    def _question(self, prompt_ids: list[int]) -> str:
-        text = self.tokenizer.decode(prompt_ids)
-        matches = [question for question in self.script if question in text]
-        if len(matches) != 1:
-            raise ValueError(f"no single scripted question in prompt {text!r}: {matches}")
-        return matches[0]
-
-    async def generate(self, request_id, *, prompt_ids, sampling_params, image_data=None, video_data=None, **kwargs):
-        try:
-            await asyncio.wait_for(self.awake.wait(), timeout=GENERATE_TIMEOUT_S)
-        except TimeoutError as error:
-            raise RuntimeError("generate called while the rollout server sleeps; no weight update woke it") from error
-        question = self._question(list(prompt_ids))
-        pool = self.script[question]
-        response = pool[self.served[question] % len(pool)]
-        self.served[question] += 1
-        token_ids = self.tokenizer.encode(response, add_special_tokens=False) + [self.tokenizer.eos_token_id]
-        token_ids = token_ids[: min(self.response_length, sampling_params.get("max_tokens") or self.response_length)]
-        log_probs = self._log_probs(list(prompt_ids), token_ids, sampling_params) if sampling_params.get("logprobs") else None
-        return TokenOutput(
-            token_ids=token_ids,
-            log_probs=log_probs,
-            stop_reason="completed",
-            num_preempted=0,
-            extra_fields={"global_steps": self.version},
-        )
-
-    def _log_probs(self, prompt_ids: list[int], token_ids: list[int], sampling_params: dict) -> list[float]:
-        """Log-probs of the response under the synced weights, at the sampling temperature (as vLLM reports)."""
-        ids = torch.tensor([prompt_ids + token_ids])
-        with torch.no_grad():
-            logits = self.model(input_ids=ids, use_cache=False).logits[0, len(prompt_ids) - 1 : -1]
-        temperature = sampling_params.get("temperature") or 1.0
-        return logprobs_from_logits(logits / temperature, torch.tensor(token_ids)).tolist()
-
-    async def update_weights(self, global_steps, state_dict=None):
-        if state_dict is not None:
-            self.model.load_state_dict(state_dict)
-        self.version = global_steps
-        self.events.append(("update_weights", global_steps))
-        self.awake.set()
-
-    async def sleep(self):
-        self.events.append(("sleep",))
-        self.awake.clear()
-
-    async def wake_up(self):
-        self.events.append(("wake_up",))
-        self.awake.set()
-
-    async def abort_all_requests(self, reject_request: bool = False):
-        self.events.append(("abort",))
-
-    async def resume_generation(self):
-        self.events.append(("resume",))
-        self.awake.set()
-
-    async def clear_kv_cache(self):
-        return None
-
-    async def release_kv_cache(self):
-        return None
-
-    async def resume_kv_cache(self):
-        return None
-
-    async def start_profile(self, **kwargs):
-        return None
-
-    async def stop_profile(self):
-        return None
-
-    async def state(self) -> dict:
-        return {"served": dict(self.served), "events": list(self.events), "version": self.version}
-
-
-class ScriptedReplica(RolloutReplica):
-    """A hybrid rollout replica whose server is a :class:`ScriptedRolloutServer`.
-
-    Subclassed per run with the ``script`` (:func:`scripted_replica_class`); verl's
-    ``LLMServerManager`` instantiates it from ``RolloutReplicaRegistry``.
-    """
-
-    script: dict[str, list[str]] = {}
-
-    async def init_hybrid(self, worker_group):
-        self.worker_group_prefix = worker_group.name_prefix
-        await super().init_hybrid(worker_group)
-
-    async def launch_servers(self):
-        name = rollout_server_name(self.worker_group_prefix, self.replica_rank)
-        server = ScriptedRolloutServer.options(name=name).remote(
-            self.script, self.model_config.path, self.config.response_length
-        )
-        self.servers = [server]
-        self._server_handle = server
-        self._server_address = name
-
-
-def scripted_replica_class(script: dict[str, list[str]]) -> type[ScriptedReplica]:
-    return type("ScriptedReplica", (ScriptedReplica,), {"script": dict(script)})

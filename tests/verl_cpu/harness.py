@@ -1,14 +1,13 @@
-"""Drive verl's own v1 training loop on CPU, started as ``python -m verl.trainer.main_ppo`` starts it.
+"""Start verl's v1 training loop as ``python -m verl.trainer.main_ppo`` does, on CPU.
 
-:func:`main_checks` is what verl's ``main`` runs before Ray (``auto_set_device``, ``validate_config``) plus
-the RESTRAIN startup checks; :func:`start_ray` is verl's ``run_ppo`` Ray start; :func:`run_task` is
-``TaskRunnerV1.run`` step by step (``get_trainer_cls``, TransferQueue init, trainer ``init``,
-``AgentLoopManagerTQ.create``, ``fit``), in this process, with the two CPU stand-ins of
-:mod:`e2e_standins`. After the run it collects what the actor received, the rollout server's log and
-the ``file`` logger's lines, then removes every actor the run started.
-
-The prompts are :class:`Prompt` rows: a question, its gold answer, the offline scoring columns and a
-scripted pool of (response, intended answer) pairs that the rollout server returns for it.
+* :func:`main_checks`: what verl's ``main`` checks before Ray (``auto_set_device``, ``validate_config``)
+  and the RESTRAIN startup checks (``validate_training_config``).
+* :func:`start_ray`: verl's ``run_ppo`` Ray start, with ``tests/`` on the workers' path.
+* :func:`run_task`: ``TaskRunnerV1.run``, step by step (``get_trainer_cls``, TransferQueue init, the
+  trainer's ``init``, ``AgentLoopManagerTQ.create``, ``fit``), in this process, with the CPU worker
+  group (:mod:`verl_cpu.worker`) and the scripted rollout (:mod:`verl_cpu.rollout`). It returns what the
+  actor received, the rollout server's log and the ``file`` logger's lines, then removes every actor
+  the run started (``TaskRunnerV1`` exits its process instead).
 """
 
 from __future__ import annotations
@@ -16,86 +15,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 from omegaconf import DictConfig, OmegaConf
 
-from verl_restrain import defaults
-
 ROW_KEYS = ("uid", "question", "pred", "session_id", "global_steps", "responses", "response_mask", "advantages")
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT = TESTS_DIR.parent
-
-
-def boxed(answer: str) -> str:
-    return f"Let me compute this step by step. The final answer is \\boxed{{{answer}}}."
-
-
-NO_ANSWER = "I am not sure how to finish this one."
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One dataset row and its scripted rollouts.
-
-    ``samples`` are (response text, intended answer) pairs; the intended answer is the label the
-    test's reference computation uses (None: the response has no final answer). Equivalent forms
-    (``0.5``, ``\\frac{1}{2}``) carry the same label.
-    """
-
-    question: str
-    data_source: str
-    gold: str
-    samples: tuple[tuple[str, str | None], ...]
-    ref_majority_count: int = 16
-    ref_num_samples: int = 16
-    ref_majority_answer: str | None = None
-
-    @property
-    def responses(self) -> list[str]:
-        return [text for text, _ in self.samples]
-
-
-def answers(*counts: tuple[str | None, int], forms: dict[str, list[str]] | None = None) -> tuple:
-    """Samples from (answer, count) pairs; ``forms`` gives the written forms to cycle through."""
-    samples = []
-    for answer, count in counts:
-        written = (forms or {}).get(answer, [answer])
-        for i in range(count):
-            samples.append((NO_ANSWER, None) if answer is None else (boxed(written[i % len(written)]), answer))
-    return tuple(samples)
-
-
-def prompt_weight(majority_count: int, num_samples: int, sigma: float, center: float) -> float:
-    """u_x = g(c_ref / n), written into the scored column the way the scoring job writes it."""
-    import math
-
-    return math.exp(-((majority_count / num_samples - center) ** 2) / (2 * sigma**2))
-
-
-def write_dataset(path: Path, prompts: list[Prompt], split: str) -> str:
-    """A training parquet as the scoring job leaves it: verl's columns plus the restrain_* columns."""
-    rows = {
-        "data_source": [p.data_source for p in prompts],
-        "prompt": [[{"role": "user", "content": p.question}] for p in prompts],
-        "ability": ["math"] * len(prompts),
-        "reward_model": [{"style": "rule", "ground_truth": p.gold} for p in prompts],
-        "extra_info": [{"index": i, "split": split} for i in range(len(prompts))],
-        defaults.REF_MAJORITY_COUNT_COLUMN: [p.ref_majority_count for p in prompts],
-        defaults.REF_NUM_SAMPLES_COLUMN: [p.ref_num_samples for p in prompts],
-        defaults.REF_MAJORITY_ANSWER_COLUMN: pa.array([p.ref_majority_answer for p in prompts], pa.string()),
-        defaults.PROMPT_WEIGHT_COLUMN: pa.array(
-            [prompt_weight(p.ref_majority_count, p.ref_num_samples, defaults.SIGMA, defaults.CENTER) for p in prompts],
-            pa.float32(),
-        ),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(rows), path)
-    return str(path)
 
 
 def compose(overrides: list[str]) -> DictConfig:
@@ -124,7 +52,7 @@ def main_checks(config: DictConfig) -> None:
 
 
 def start_ray(config: DictConfig) -> None:
-    """verl's ``run_ppo`` Ray start, with ``tests/`` on the workers' path for :mod:`e2e_standins`."""
+    """verl's ``run_ppo`` Ray start, with ``tests/`` on the workers' path (they import :mod:`verl_cpu`)."""
     from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
 
     runtime_env = get_ppo_ray_runtime_env(config)
@@ -139,13 +67,19 @@ def start_ray(config: DictConfig) -> None:
 
 @dataclass
 class RunResult:
-    """What one training run left behind."""
+    """What one training run left behind.
+
+    Attributes:
+        trainer: the trainer object (its actors are gone).
+        log: the ``file`` logger's lines, ``{"step": int, "data": {metric: value}}``.
+        received: per actor rank, :meth:`verl_cpu.worker.CPUActorRefWorker.received`.
+        server: per rollout server, :meth:`verl_cpu.rollout.ScriptedRolloutServer.state`.
+    """
 
     trainer: object
     log: list[dict]
     received: list[dict]
     server: list[dict]
-    checksums: dict = field(default_factory=dict)
 
     def metrics(self, step: int) -> dict:
         """Every metric verl logged at ``step`` (merged over the lines of that step)."""
@@ -194,9 +128,7 @@ def _teardown(trainer, agent_loop_manager) -> None:
         handles += list(getattr(reward, "reward_loop_workers", None) or [])
         servers = getattr(trainer, "llm_server_manager", None)
         if servers is not None:
-            handles.append(servers.global_load_balancer)
-            for replica in servers.get_replicas():
-                handles += replica.servers
+            handles.append(servers.global_load_balancer)  # the scripted servers live on, reset per run
         worker_group = getattr(trainer, "actor_rollout_wg", None)
         handles += list(getattr(worker_group, "workers", []))
     for handle in handles:
@@ -235,7 +167,8 @@ def run_task(config: DictConfig, script: dict[str, list[str]], log_path: Path) -
     from verl.utils.logging_utils import configure_verl_logging
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
-    from e2e_standins import ROLLOUT_NAME, cpu_trainer_class, scripted_replica_class
+    from verl_cpu.rollout import ROLLOUT_NAME, scripted_replica_class
+    from verl_cpu.worker import cpu_trainer_class
 
     configure_verl_logging()
     trainer_cls = get_trainer_cls(config.trainer.v1.trainer_mode)
