@@ -132,17 +132,29 @@ class CPUActorRefWorker(Worker):
             output["entropy"] = torch.nested.nested_tensor_from_jagged(entropy_from_logits(logits), offsets)
         return output
 
-    def _micro_batches(self, data: TensorDict, train: bool) -> list[TensorDict]:
-        # The engine settings TrainingWorker.train_batch / infer_batch inject when the batch lacks them.
-        actor, rollout = self.config.actor, self.config.rollout
+    def _micro_batches(self, data: TensorDict, stage: str) -> list[TensorDict]:
+        """verl's micro-batches of ``data`` for ``stage`` ("train", "log_prob" or "ref"), with the engine
+        settings ActorRolloutRefWorker gives each engine, injected as TrainingWorker does when missing."""
+        actor, rollout, ref = self.config.actor, self.config.rollout, self.config.ref
+        use_dynamic_bsz, max_tokens, micro_batch_size = {
+            "train": (actor.use_dynamic_bsz, actor.ppo_max_token_len_per_gpu, actor.ppo_micro_batch_size_per_gpu),
+            "log_prob": (
+                rollout.log_prob_use_dynamic_bsz,
+                rollout.log_prob_max_token_len_per_gpu,
+                rollout.log_prob_micro_batch_size_per_gpu,
+            ),
+            "ref": (
+                ref.log_prob_use_dynamic_bsz,
+                ref.log_prob_max_token_len_per_gpu,
+                ref.log_prob_micro_batch_size_per_gpu,
+            ),
+        }[stage]
         defaults = dict(
             use_remove_padding=False,
             use_fused_kernels=False,
-            use_dynamic_bsz=actor.use_dynamic_bsz,
-            max_token_len_per_gpu=actor.ppo_max_token_len_per_gpu if train else rollout.log_prob_max_token_len_per_gpu,
-            micro_batch_size_per_gpu=(
-                actor.ppo_micro_batch_size_per_gpu if train else rollout.log_prob_micro_batch_size_per_gpu
-            ),
+            use_dynamic_bsz=use_dynamic_bsz,
+            max_token_len_per_gpu=max_tokens,
+            micro_batch_size_per_gpu=micro_batch_size,
         )
         for key, value in defaults.items():
             if key not in data.keys():
@@ -150,11 +162,11 @@ class CPUActorRefWorker(Worker):
         micro_batches, _ = prepare_micro_batches(data=data, dp_group=self.dp_group, same_micro_num_in_dp=True)
         return micro_batches
 
-    def _infer(self, model, data: TensorDict) -> TensorDict:
+    def _infer(self, model, data: TensorDict, stage: str) -> TensorDict:
         calculate_entropy = tu.get_non_tensor_data(data, "calculate_entropy", False)
         outputs = []
         with torch.no_grad():
-            for micro_batch in self._micro_batches(data, train=False):
+            for micro_batch in self._micro_batches(data, stage):
                 outputs.append(self._forward(model, micro_batch, calculate_entropy))
         merged = {}  # nested (bsz, prompt + response) per key, rows in the order received
         for key in outputs[0]:
@@ -164,11 +176,11 @@ class CPUActorRefWorker(Worker):
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def compute_log_prob(self, data: TensorDict) -> TensorDict:
-        return self._infer(self.model, data)
+        return self._infer(self.model, data, "log_prob")
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="ref"))
     def compute_ref_log_prob(self, data: TensorDict) -> TensorDict:
-        return self._infer(self.ref_model, data)
+        return self._infer(self.ref_model, data, "ref")
 
     # -- update --------------------------------------------------------------------------------------
 
@@ -201,7 +213,7 @@ class CPUActorRefWorker(Worker):
         self.optimizer.zero_grad()
         metrics: dict[str, list] = defaultdict(list)
         losses = []
-        for micro_batch in self._micro_batches(mini_batch, train=True):
+        for micro_batch in self._micro_batches(mini_batch, "train"):
             model_output = self._forward(self.model, micro_batch, calculate_entropy)
             loss, loss_metrics = self.loss_fn(model_output=model_output, data=micro_batch, dp_group=self.dp_group)
             loss.backward()
