@@ -47,10 +47,10 @@ def tokenizer():
     return make_tokenizer()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def verl_cpu_session(tmp_path_factory):
     """verl's v1 loop on CPU (``tests/verl_cpu``): one Ray instance, started as verl's ``run_ppo`` starts
-    it, with a tiny model and the scripted datasets (``tests/e2e_script.py``), shared by every run."""
+    it, with a tiny model and the scripted datasets (``tests/e2e_script.py``), shared by a module's runs."""
     ray = pytest.importorskip("ray")
     if ray.is_initialized():
         pytest.skip("the end-to-end runs start Ray themselves, as verl's run_ppo does; Ray is already running")

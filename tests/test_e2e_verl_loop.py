@@ -1,12 +1,22 @@
-"""RESTRAIN on verl 0.9.1's own ``sync`` loop, on CPU: advantages, padding, validation, checkpoint, resume.
+"""RESTRAIN through verl 0.9.1's own v1 training loop, on CPU.
 
-The run starts as ``python -m verl.trainer.main_ppo`` does (``verl_cpu.harness``); everything but the
-FSDP worker group and the vLLM server is verl's own (see ``verl_cpu``). It trains the ``restrain``
-preset for 2 steps on 2 data-parallel ranks with the KL loss, validates before and after training,
-saves a checkpoint each step, and is then resumed for a third step.
+Each run starts as ``python -m verl.trainer.main_ppo`` does (``verl_cpu.harness``: verl's
+``validate_config`` and the RESTRAIN startup checks, verl's Ray start, then ``TaskRunnerV1.run``:
+TransferQueue, ``get_trainer_cls``, ``init``, ``AgentLoopManagerTQ.create``, ``fit``). verl's agent loop,
+reward-loop workers (running the ``restrain`` reward manager), replay buffer, padding, batch balancing,
+validation, checkpoints and ``file`` logger all run; only the FSDP worker group and the vLLM server
+are CPU stand-ins (``verl_cpu``). The rollout answers each prompt from a scripted pool
+(``e2e_script``), so every group's votes are known in advance.
 
-Each prompt group's advantages are checked against u_x * sum_j w_j A_ij computed here from the
-scripted answers (or -delta * u_x when M(x) < kappa), on the tensors the actor received.
+Four runs share one Ray instance:
+
+* ``restrain`` on the ``sync`` loop: 2 data-parallel ranks, the KL loss, validation before and after
+  training, a checkpoint per step; then the same run resumed for a third step;
+* ``ttrl`` on the ``colocate_async`` loop (``trainer.v1.trainer_mode=restrain_colocate_async``);
+* ``srt_offline`` on the ``sync`` loop.
+
+Each group's advantages are checked on the tensors the actor received, against references computed
+here from the scripted answers and u_x (for ``ttrl``, also against verl's own GRPO estimator).
 """
 
 from __future__ import annotations
@@ -15,11 +25,14 @@ import json
 import math
 from collections import Counter
 
+import numpy as np
 import pytest
+import torch
 from e2e_script import (
     BATCH,
     DELTA,
     KAPPA,
+    OFFLINE_LABELS,
     PAD_ROWS,
     TRAIN,
     VAL_N,
@@ -36,6 +49,10 @@ from e2e_script import (
 from verl_restrain import defaults
 
 
+# ----------------------------------------------------------------------------------------------------
+# References, from the scripted answers only.
+
+
 def restrain_reference(prompt, labels: list[str | None]) -> list[float]:
     """u_x * sum_j w_j A_ij with w_j = g(f_j) / sum_l g(f_l), or -delta * u_x for every rollout if M(x) < kappa."""
     counts = Counter(label for label in labels if label is not None)
@@ -45,6 +62,21 @@ def restrain_reference(prompt, labels: list[str | None]) -> list[float]:
     weights = {label: value / sum(shaped.values()) for label, value in shaped.items()}
     per_label = {label: grpo([float(x == label) for x in labels]) for label in counts}
     return [u_x(prompt) * sum(weights[j] * per_label[j][i] for j in counts) for i in range(len(labels))]
+
+
+def majority(labels: list[str | None]) -> str | None:
+    """The most common answer; a tie goes to the answer sampled first."""
+    counts = Counter(label for label in labels if label is not None)  # keeps first-appearance order
+    return max(counts, key=counts.get) if counts else None
+
+
+def label_reference(labels: list[str | None], label: str | None) -> list[float]:
+    """GRPO on the reward 1[answer == label]; no rollout matches a missing label."""
+    return grpo([float(label is not None and x == label) for x in labels])
+
+
+# ----------------------------------------------------------------------------------------------------
+# restrain on the sync loop: advantages, padding, fields, metrics, validation, checkpoint and resume.
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +97,7 @@ def resumed_run(sync_run, verl_cpu_session):
     return verl_cpu_session.run("sync", "resumed", method="restrain", dp=2, steps=3, extra=extra)
 
 
-def test_advantages_equal_the_reference(sync_run, tokenizer):
+def test_sync_restrain_advantages_equal_the_reference(sync_run, tokenizer):
     steps = trained_groups(sync_run, tokenizer)
     assert sorted(steps) == [0, 1]
     for call in (0, 1):
@@ -182,3 +214,71 @@ def test_resume_continues_at_the_next_step_with_the_dataloader_state(
     assert {row["global_steps"] for rows in steps[0].values() for row in rows} == {3}
     assert_advantages(steps[0], restrain_reference)
     assert len(padding_rows(resumed_run)[0]) == PAD_ROWS
+
+
+# ----------------------------------------------------------------------------------------------------
+# ttrl on the colocate_async loop, and srt_offline.
+
+
+@pytest.fixture(scope="module")
+def ttrl_run(verl_cpu_session):
+    return verl_cpu_session.run("ttrl", "ttrl", method="ttrl", loop="restrain_colocate_async")
+
+
+@pytest.fixture(scope="module")
+def srt_offline_run(verl_cpu_session):
+    return verl_cpu_session.run("srt", "srt", method="srt_offline")
+
+
+def test_get_trainer_cls_returns_the_plugins_trainers(ttrl_run, srt_offline_run):
+    from verl.trainer.ppo.v1 import get_trainer_cls
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
+
+    for mode, run, sampler in [
+        ("restrain_colocate_async", ttrl_run, ReplayBufferAsync),
+        ("restrain", srt_offline_run, ReplayBuffer),
+    ]:
+        registered = get_trainer_cls(mode)
+        assert registered.__module__.startswith("verl_restrain."), registered
+        assert isinstance(run.trainer, registered)
+        assert type(run.trainer.replay_buffer) is sampler  # verl's async or sync sampling
+
+
+def test_colocate_async_ttrl_equals_verls_grpo_on_the_majority_reward(ttrl_run, tokenizer):
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    steps = trained_groups(ttrl_run, tokenizer)
+    assert sorted(steps) == [0, 1]
+    for call, groups in steps.items():
+        assert len(groups) == BATCH
+        assert_advantages(groups, lambda prompt, labels: label_reference(labels, majority(labels)))
+        # verl's GRPO estimator on TTRL's reward: 1 on the last token of a majority answer.
+        rows = [row for group in groups.values() for row in group]
+        width = max(len(row["responses"]) for row in rows)
+        mask, rewards = torch.zeros(len(rows), width), torch.zeros(len(rows), width)
+        for i, row in enumerate(rows):
+            length = len(row["responses"])
+            mask[i, :length] = 1
+            label = majority([r["label"] for r in groups[row["uid"]]])
+            rewards[i, length - 1] = float(label is not None and row["label"] == label)
+        uids = np.array([row["uid"] for row in rows], dtype=object)
+        expected, _ = compute_grpo_outcome_advantage(rewards, mask, uids)
+        for i, row in enumerate(rows):
+            length = len(row["responses"])
+            torch.testing.assert_close(torch.tensor(row["advantages"]), expected[i, :length], rtol=1e-5, atol=1e-5)
+        metrics = ttrl_run.metrics(call + 1)
+        for name, value in vote_metrics(groups, kappa=0, prompt_weights=False).items():
+            assert metrics[name] == pytest.approx(value, abs=1e-6), name
+    [server] = ttrl_run.server
+    events = {event for event, *_ in server["events"]}
+    assert {"abort", "resume", "sleep", "update_weights"} <= events  # colocate_async pauses generation per update
+
+
+def test_srt_offline_rewards_agreement_with_the_base_models_answer(srt_offline_run, tokenizer):
+    steps = trained_groups(srt_offline_run, tokenizer)
+    assert sorted(steps) == [0, 1]
+    for groups in steps.values():
+        assert_advantages(groups, lambda prompt, labels: label_reference(labels, OFFLINE_LABELS[prompt.question]))
+    # t2's stored answer (8) is a minority of this sample (majority 7): the 8s are the ones rewarded.
+    [t2] = [rows for rows in steps[0].values() if rows[0]["question"] == TRAIN[2].question]
+    assert [row["advantages"][0] > 0 for row in t2] == [row["label"] == "8" for row in t2]
