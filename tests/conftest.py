@@ -45,3 +45,22 @@ def tokenizer():
     from tiny_lm import make_tokenizer
 
     return make_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def verl_cpu_session(tmp_path_factory):
+    """verl's v1 loop on CPU (``tests/verl_cpu``): one Ray instance, started as verl's ``run_ppo`` starts
+    it, with a tiny model and the scripted datasets (``tests/e2e_script.py``), shared by a module's runs."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("the end-to-end runs start Ray themselves, as verl's run_ppo does; Ray is already running")
+    from e2e_script import Session
+    from tiny_lm import make_tiny_model_dir
+    from verl_cpu.harness import close_transfer_queue, compose, start_ray
+
+    workdir = tmp_path_factory.mktemp("verl_cpu")
+    session = Session(workdir, str(make_tiny_model_dir(workdir / "model", seed=0)))
+    start_ray(compose(session.overrides("ray", method="restrain", loop="restrain", dp=1, steps=1)))
+    yield session
+    close_transfer_queue()
+    ray.shutdown()
