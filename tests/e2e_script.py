@@ -4,7 +4,7 @@ Every training prompt has a pool of N scripted (response, intended answer) pairs
 returns the pool, one response per sampled session, so each group's votes are known in advance. The
 intended answer is the label the tests' references use (None: no final answer); equivalent written
 forms (``0.5``, ``\\frac{1}{2}``) carry one label. The datasets carry the offline scoring columns
-(``restrain_ref_*`` and ``restrain_prompt_weight``) as ``restrain-score-prompts`` writes them.
+(``restrain_ref_*``) as ``restrain-score-prompts`` writes them.
 
 Batches: 3 prompts x 8 rollouts per step; the actor's mini-batch is 2 prompts (16 rows), so verl pads
 each step's 24 rows to 32.
@@ -138,7 +138,6 @@ def write_dataset(path: Path, prompts: list[Prompt], split: str) -> str:
         defaults.REF_MAJORITY_COUNT_COLUMN: [p.ref_majority_count for p in prompts],
         defaults.REF_NUM_SAMPLES_COLUMN: [p.ref_num_samples for p in prompts],
         defaults.REF_MAJORITY_ANSWER_COLUMN: pa.array([p.ref_majority_answer for p in prompts], pa.string()),
-        defaults.PROMPT_WEIGHT_COLUMN: pa.array([u_x(p) for p in prompts], pa.float32()),
     }
     pq.write_table(pa.table(rows), path)
     return str(path)

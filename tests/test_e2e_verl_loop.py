@@ -30,6 +30,7 @@ import pytest
 import torch
 from e2e_script import (
     BATCH,
+    MINI_BATCH,
     DELTA,
     KAPPA,
     OFFLINE_LABELS,
@@ -133,8 +134,12 @@ def test_padding_rows_get_zero_advantage_and_stay_out_of_the_metrics(sync_run, t
 def test_the_actor_trains_on_transfer_queue_fields_with_kl_and_synced_weights(sync_run):
     # verl's dispatch hands the actor every TransferQueue field of its rows, dataset columns included.
     assert {"advantages", "old_log_probs", "ref_log_prob", "rollout_log_probs", "entropy", "response_mask",
-            "responses", "input_ids", "uid", "extra_fields", "data_source", defaults.PROMPT_WEIGHT_COLUMN,
-            defaults.REF_MAJORITY_COUNT_COLUMN} <= set(sync_run.actor_rows()[0]["fields"])
+            "responses", "input_ids", "uid", "extra_fields", "data_source", defaults.REF_MAJORITY_COUNT_COLUMN,
+            defaults.REF_NUM_SAMPLES_COLUMN} <= set(sync_run.actor_rows()[0]["fields"])
+    # The paper's objective (clip_mode=per_label, the default): the trainer installed its loss in the
+    # actor with set_loss_fn, and the advantage's two parts reached every micro-batch.
+    assert {row["loss_fn"] for row in sync_run.actor_rows()} == {"restrain_ppo_loss"}
+    assert {"restrain_positive_advantages", "restrain_negative_advantages"} <= set(sync_run.actor_rows()[0]["fields"])
     saved = {step: checksum for rank in sync_run.received for step, checksum in rank["saved"]}
     assert sorted(saved) == [1, 2] and saved[1] != saved[2]  # a real optimizer step each step
     for step in (1, 2):
@@ -202,6 +207,8 @@ def test_resume_continues_at_the_next_step_with_the_dataloader_state(
 
     assert sorted({line["step"] for line in resumed_run.log}) == [3]
     assert resumed_run.metrics(3)["training/global_step"] == 3
+    # The resumed trainer installs the paper's objective in the actor again.
+    assert {row["loss_fn"] for row in resumed_run.actor_rows()} == {"restrain_ppo_loss"}
     saved = {step: checksum for rank in sync_run.received for step, checksum in rank["saved"]}
     assert [rank["loaded"] for rank in resumed_run.received] == [[saved[2]], [saved[2]]]
     [server] = resumed_run.server
@@ -282,3 +289,39 @@ def test_srt_offline_rewards_agreement_with_the_base_models_answer(srt_offline_r
     # t2's stored answer (8) is a minority of this sample (majority 7): the 8s are the ones rewarded.
     [t2] = [rows for rows in steps[0].values() if rows[0]["question"] == TRAIN[2].question]
     assert [row["advantages"][0] > 0 for row in t2] == [row["label"] == "8" for row in t2]
+
+
+# ----------------------------------------------------------------------------------------------------
+# TTRL's vote/train split: vote on all 8 rollouts of a prompt, train on its first 4.
+
+
+@pytest.fixture(scope="module")
+def split_run(verl_cpu_session):
+    return verl_cpu_session.run("split", "split", method="ttrl", steps=1, extra=["algorithm.restrain.train_rollouts=4"])
+
+
+def test_the_vote_train_split_trains_on_the_first_rollouts_with_the_full_votes_advantages(split_run, tokenizer):
+    """The actor's batch is the first 4 sessions of each prompt (plus verl's padding), in mini-batches of
+    ppo_mini_batch_size * 4 rows, and each row's advantage is GRPO on the majority of all 8 answers."""
+    [groups] = trained_groups(split_run, tokenizer).values()
+    assert {rows[0]["prompt"].question for rows in groups.values()} == {p.question for p in TRAIN[:BATCH]}
+    for rows in groups.values():
+        assert [row["session_id"] for row in rows] == [0, 1, 2, 3]
+        pool = [label for _, label in rows[0]["prompt"].samples]  # the 8 answers of the vote
+        top = majority(pool)
+        rewards = [float(label == top) for label in pool]
+        mean = sum(rewards) / len(rewards)
+        std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / (len(rewards) - 1))
+        for row in rows:
+            expected = (float(row["label"] == top) - mean) / (std + defaults.EPSILON)
+            torch.testing.assert_close(
+                torch.tensor(row["advantages"]), torch.full((len(row["responses"]),), expected), rtol=1e-5, atol=1e-5
+            )
+    [record] = {row["call"]: row for row in split_run.actor_rows()}.values()
+    assert record["mini_batch_size"] == MINI_BATCH * 4
+    # 3 prompts x 4 rows, padded to a multiple of lcm(dp=1, 2 prompts x 4 rows) = 8
+    assert len(padding_rows(split_run)[0]) == 4
+    # The vote's metrics describe all 8 rollouts of each prompt.
+    metrics = split_run.metrics(1)
+    full_majorities = [max(Counter(x for _, x in p.samples if x is not None).values()) for p in TRAIN[:BATCH]]
+    assert metrics["restrain/majority_ratio"] == pytest.approx(sum(m / 8 for m in full_majorities) / BATCH)

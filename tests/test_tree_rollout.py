@@ -387,7 +387,7 @@ def test_leaves_reach_transfer_queue_as_independent_votes(transfer_queue, config
 
     from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopWorkerTQ
     from verl_batches import rows_to_dataproto, updated
-    from verl_restrain.adapters.trainer import restrain_advantage_step
+    from verl_restrain.adapters.step import restrain_advantage_step
 
     n = 10
     run_config = updated(config, {"actor_rollout_ref.rollout.n": n})

@@ -43,7 +43,8 @@ def main_checks(config: DictConfig) -> None:
     from verl.utils.config import validate_config
     from verl.utils.device import auto_set_device
 
-    from verl_restrain.adapters.settings import ESTIMATOR_NAME, validate_training_config
+    from verl_restrain.adapters.checks import validate_training_config
+    from verl_restrain.adapters.settings import ESTIMATOR_NAME
 
     auto_set_device(config)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
@@ -101,6 +102,7 @@ class RunResult:
                             "call": record["call"],
                             "fields": record["fields"],
                             "loss_fn": record["loss_fn"],
+                            "mini_batch_size": record["mini_batch_size"],
                             **{key: record[key][i] for key in ROW_KEYS},
                         }
                     )

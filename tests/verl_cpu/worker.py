@@ -199,6 +199,7 @@ class CPUActorRefWorker(Worker):
                 "response_mask": _rows(data["response_mask"]),
                 "advantages": _rows(data["advantages"]),
                 "loss_fn": getattr(getattr(self.loss_fn, "func", self.loss_fn), "__qualname__", repr(self.loss_fn)),
+                "mini_batch_size": tu.get_non_tensor_data(data, "mini_batch_size", None),
             }
         )
 
