@@ -26,7 +26,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from verl_restrain.jobs.files import atomic_write, atomic_write_text
+from verl_restrain.jobs.files import WriteError, atomic_write, atomic_write_text, remove_stale_temps
 
 # Column order and headers of both tables.
 BENCHMARK_COLUMNS = {
@@ -321,6 +321,7 @@ def plot_curves(
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (3.0 * rows)))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(output)
     try:
         atomic_write(output, lambda tmp: fig.savefig(tmp, dpi=110, format=output.suffix[1:].lower() or "png"))
     finally:
@@ -367,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(text)
             if args.output:
                 Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+                remove_stale_temps(args.output)
                 atomic_write_text(text, args.output)
         if args.curve:
             logs = {}
@@ -377,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 logs[label] = read_training_log(path)
             drawn = plot_curves(logs, args.curves_png, args.curve_metrics or DEFAULT_CURVE_PATTERNS)
             print(f"drew {len(drawn)} metrics for {len(logs)} runs to {args.curves_png}")
+    except WriteError as exc:
+        raise SystemExit(f"make_tables: {exc}; make room (or fix the folder) and rerun the same command") from exc
     except (ValueError, OSError, RuntimeError) as exc:
         raise SystemExit(f"make_tables: {exc}") from exc
     return 0
