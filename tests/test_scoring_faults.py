@@ -106,6 +106,7 @@ def driver():
         ("output_tmp", 1),
         ("output_renamed", 1),
         ("cleanup_half", 2),
+        ("cleanup_half", 4),  # settings.json deleted too, the folder not yet
     ],
 )
 def test_kill_9_at_an_exact_moment_then_the_same_command_finishes(
@@ -190,7 +191,7 @@ def test_a_finished_output_without_the_requested_samples_is_not_finished(input_p
 @pytest.fixture
 def read_only(monkeypatch):
     """Make the given folder refuse new files, as a read-only folder does (root ignores chmod)."""
-    real_open = os.open
+    real_open, real_mkdir = os.open, os.mkdir
 
     def install(folder: Path) -> None:
         def refuse(path, flags, mode=0o777, **kwargs):
@@ -198,7 +199,13 @@ def read_only(monkeypatch):
                 raise PermissionError(errno.EACCES, "Permission denied")
             return real_open(path, flags, mode, **kwargs)
 
+        def refuse_mkdir(path, mode=0o777, **kwargs):
+            if Path(path).parent == folder:
+                raise PermissionError(errno.EACCES, "Permission denied")
+            return real_mkdir(path, mode, **kwargs)
+
         monkeypatch.setattr(files.os, "open", refuse)
+        monkeypatch.setattr(files.os, "mkdir", refuse_mkdir)
 
     return install
 
@@ -217,6 +224,12 @@ def test_read_only_output_folder_fails_before_sampling(input_path, tiny_model_di
     assert f"restrain-score-prompts: error: --output: cannot write {out / 'scored.parquet'}: Permission denied" in err
     assert "Traceback" not in err
     assert not (tmp_path / "work").exists() and list(out.iterdir()) == []
+    # The same for a work directory that cannot be written (the outputs can).
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command(input_path, tiny_model_dir, tmp_path), "--work-dir", str(out / "work")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: --work-dir: cannot write {out / 'work' / 'settings.json'}: cannot create its folder (Permission" in err
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the test above simulates one")

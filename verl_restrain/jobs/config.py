@@ -93,7 +93,9 @@ class SamplingConfig:
             "help": "verl's data.apply_chat_template_kwargs (repeatable), e.g. enable_thinking=false",
         },
     )
-    trust_remote_code: bool = field(default=False, metadata={"help": "let transformers run the model's own code", "group": SAMPLING})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "let transformers run the model's own code", "group": SAMPLING}
+    )
     answer_kind_map: dict = field(
         default_factory=dict,
         metadata={

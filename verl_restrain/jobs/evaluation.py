@@ -232,7 +232,8 @@ def evaluate(config: EvalConfig) -> dict:
             raise ValueError(f"{origin} has no rows")
         data[name] = (rows[: config.max_problems] if config.max_problems else rows, origin)
     batch_size = config.batch_size_for(engine)
-    for name, path in (("--output", config.output), ("--output", config.report_path), ("--samples-output", config.samples_output)):
+    outputs = [("--output", config.output), ("--output", config.report_path), ("--samples-output", config.samples_output)]
+    for name, path in outputs:
         if path:
             remove_stale_temps(path)
             try:

@@ -148,7 +148,8 @@ def check_writable(path: str | os.PathLike) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise WriteError(error.errno or errno.EIO, f"cannot create its folder ({error.strerror or error})", str(path)) from None
+        reason = f"cannot create its folder ({error.strerror or error})"
+        raise WriteError(error.errno or errno.EIO, reason, str(path)) from None
     probe = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))

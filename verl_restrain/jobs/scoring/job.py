@@ -18,6 +18,7 @@ from verl_restrain.jobs.generation import as_chat, check_engine, load_sampler, l
 from verl_restrain.jobs.scoring.config import ScoringConfig
 from verl_restrain.jobs.scoring.io import (
     CHECKPOINT_SCHEMA,
+    SETTINGS_FILE,
     ShardPlan,
     WorkDir,
     plan_shard,
@@ -186,8 +187,9 @@ def print_summary(summary: dict, output: str) -> None:
 
 
 def check_outputs_writable(config: ScoringConfig) -> None:
-    """Raise :class:`JobInputError` unless ``--output`` and ``--samples-output`` can be written."""
-    for name, path in (("--output", config.output), ("--samples-output", config.samples_output)):
+    """Raise :class:`JobInputError` unless the outputs and the work directory can be written."""
+    outputs = [("--output", config.output), ("--samples-output", config.samples_output)]
+    for name, path in [*outputs, ("--work-dir", config.parts_dir / SETTINGS_FILE)]:
         if path:
             try:
                 check_writable(path)
@@ -230,7 +232,10 @@ def score_prompts(config: ScoringConfig) -> dict:
         and finished_output(config.output, output_record)
         and (not config.samples_output or finished_output(config.samples_output, samples_record))
     ):
-        logger.info("%s is already complete for these settings and this input: nothing to do (--no-resume redoes it)", config.output)
+        logger.info(
+            "%s is already complete for these settings and this input: nothing to do (--no-resume redoes it)",
+            config.output,
+        )
         if not config.keep_parts:
             work.remove()
         return report(pq.read_table(config.output), config)
