@@ -10,7 +10,8 @@ One JSON request per line on stdin, one JSON reply per line on stdout:
 * ``{"argv": [...], "delay": s}``: the driver SIGKILLs the child ``s`` seconds after the fork;
 * ``{"argv": [...]}``: the child runs to the end.
 
-Reply: ``{"killed": bool, "exitcode": int | None, "seconds": float}``. The moments (NAME):
+Reply: ``{"hung": bool, "killed": bool, "exitcode": int | None, "seconds": float}`` (``hung``: still
+running after ``HANG_S``, then killed). The moments (NAME):
 
 =====================  ============================================================================
 ``settings_tmp``       settings.json's temporary file written, not yet renamed
@@ -31,6 +32,8 @@ import signal
 import sys
 import time
 from pathlib import Path
+
+HANG_S = 600  # a child still running after this long is killed and reported as hung
 
 
 def _value(argv: list[str], option: str) -> str | None:
@@ -107,17 +110,21 @@ def _serve(request: dict) -> dict:
     if pid == 0:
         _child(request)
     delay = request.get("delay")
+    hung = False
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             break
-        if delay is not None and time.monotonic() - start >= delay:
+        elapsed = time.monotonic() - start
+        hung = elapsed >= HANG_S
+        if hung or (delay is not None and elapsed >= delay):
             os.kill(pid, signal.SIGKILL)
             _, status = os.waitpid(pid, 0)
             break
         time.sleep(0.005)
-    killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL and not hung
     return {
+        "hung": hung,
         "killed": killed,
         "exitcode": None if killed else os.waitstatus_to_exitcode(status),
         "seconds": time.monotonic() - start,

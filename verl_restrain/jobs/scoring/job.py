@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import logging
 import sys
 from pathlib import Path
@@ -77,7 +78,7 @@ def finished_output(path: str | None, record: dict) -> bool:
     if path is None or not Path(path).is_file():
         return False
     try:
-        return read_job_metadata(path) == record
+        return read_job_metadata(path) == json.loads(json.dumps(record, sort_keys=True))  # as recorded
     except (OSError, ValueError, pa.ArrowException):  # not (or not our) parquet: it will be replaced
         return False
 
@@ -186,10 +187,12 @@ def print_summary(summary: dict, output: str) -> None:
     )
 
 
-def check_outputs_writable(config: ScoringConfig) -> None:
-    """Raise :class:`JobInputError` unless the outputs and the work directory can be written."""
-    outputs = [("--output", config.output), ("--samples-output", config.samples_output)]
-    for name, path in [*outputs, ("--work-dir", config.parts_dir / SETTINGS_FILE)]:
+def check_outputs_writable(config: ScoringConfig, *, work_dir: bool = True) -> None:
+    """Raise :class:`JobInputError` unless the outputs (and the work directory) can be written."""
+    paths = [("--output", config.output), ("--samples-output", config.samples_output)]
+    if work_dir:
+        paths.append(("--work-dir", config.parts_dir / SETTINGS_FILE))
+    for name, path in paths:
         if path:
             try:
                 check_writable(path)

@@ -112,7 +112,7 @@ def score_prompts_on_ray(
         if config.resume and _merged_output_finished(config):
             logger.info("%s is already complete for these settings and this input: nothing to do", config.output)
             return report(pq.read_table(config.output), config)
-        check_outputs_writable(config)
+        check_outputs_writable(config, work_dir=False)  # the shards check their own work directories
     if not ray.is_initialized():
         ray.init(address=address)
     if gpus_per_shard is None:
