@@ -36,7 +36,7 @@ import torch
 from verl_restrain.answers.sympy_pool import warm_up as math_verify_warm_up
 from verl_restrain.jobs.generation import HFSampler, render_prompts
 from verl_restrain.jobs.scoring import ScoringConfig, score_prompts
-from verl_restrain.jobs.scoring.io import batch_seed
+from verl_restrain.jobs.config import batch_seed
 
 QUESTIONS = [
     "What is {a} + {b}?",

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from verl_restrain.data import prepare as prep
+from verl_restrain.data.records import shuffled_options
 from verl_restrain.data.rows import CHOICE_INSTRUCTION, MATH_INSTRUCTION, ROW_SCHEMA, read_provenance
 from verl_restrain.data.sources import HubSource, bundled_names, read_bundled
 
@@ -166,9 +167,9 @@ def test_gpqa_options_shuffled_with_fixed_seed_and_gold_follows(tmp_path):
 
 def test_choice_order_depends_on_the_seed():
     options = ["a", "b", "c", "d"]
-    orders = {tuple(prep.shuffled_options(options, seed, 3)[0]) for seed in range(20)}
+    orders = {tuple(shuffled_options(options, seed, 3)[0]) for seed in range(20)}
     assert len(orders) > 1
-    assert prep.shuffled_options(options, 7, 3) == prep.shuffled_options(options, 7, 3)
+    assert shuffled_options(options, 7, 3) == shuffled_options(options, 7, 3)
 
 
 def test_mmlu_stem_keeps_stem_subjects_and_maps_answer_index(tmp_path):
@@ -234,6 +235,48 @@ def test_errors_are_clear(tmp_path):
         prep.main(["--benchmarks", "aime24", "--output-dir", str(tmp_path), "--local-dir", str(tmp_path / "nope")])
     with pytest.raises(SystemExit, match="NAME=REPO"):
         prep.main(["--benchmarks", "aime24", "--output-dir", str(tmp_path), "--hub", "aime24"])
+
+
+def test_output_dir_that_is_a_file_is_a_clean_error(tmp_path):
+    (tmp_path / "data").write_text("not a folder", encoding="utf-8")
+    with pytest.raises(SystemExit, match=f"prepare_data: --output-dir {tmp_path / 'data'} is a file; give a folder"):
+        prep.main(["--benchmarks", "aime24", "--output-dir", str(tmp_path / "data")])
+    with pytest.raises(SystemExit, match="prepare_data: --output-dir: cannot write .*: cannot create its folder"):
+        prep.main(["--benchmarks", "aime24", "--output-dir", str(tmp_path / "data" / "below")])
+    assert (tmp_path / "data").read_text(encoding="utf-8") == "not a folder"
+
+
+def test_json_parse_errors_name_the_file(tmp_path):
+    local = tmp_path / "local"
+    write_jsonl(local / "aime24.jsonl", [{"problem": "p", "answer": "1"}])
+    with (local / "aime24.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write('{"problem": "q", "answer": \n')
+    out = str(tmp_path / "out")
+    with pytest.raises(SystemExit, match=f"prepare_data: {local / 'aime24.jsonl'}:2: not valid JSON"):
+        prep.main(["--benchmarks", "aime24", "--output-dir", out, "--local-dir", str(local)])
+    (local / "aime24.jsonl").unlink()
+    (local / "amc23.json").write_text("[{]", encoding="utf-8")
+    with pytest.raises(SystemExit, match=f"prepare_data: {local / 'amc23.json'}: not valid JSON"):
+        prep.main(["--benchmarks", "amc23", "--output-dir", out, "--local-dir", str(local)])
+    (local / "amc23.json").unlink()
+    (local / "math500.parquet").write_bytes(b"not parquet")
+    with pytest.raises(SystemExit, match=f"prepare_data: {local / 'math500.parquet'}: cannot be read"):
+        prep.main(["--benchmarks", "math500", "--output-dir", out, "--local-dir", str(local)])
+
+
+def test_written_files_are_atomic_and_ordinary(tmp_path):
+    """Atomic, durable writes (verl_restrain.jobs.files): no temporary file stays, the mode follows the umask."""
+    import os
+    import stat
+
+    (tmp_path / ".aime24.parquet.0123abcd.tmp").write_bytes(b"left by a killed run")
+    previous = os.umask(0o022)
+    try:
+        assert prep.main(["--benchmarks", "aime24", "--output-dir", str(tmp_path), "--source", "bundled"]) == 0
+    finally:
+        os.umask(previous)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aime24.parquet"]
+    assert stat.S_IMODE((tmp_path / "aime24.parquet").stat().st_mode) == 0o644
 
 
 def test_hub_spec_parsing():

@@ -144,9 +144,14 @@ def test_errors_before_model_loads(tmp_path, no_model_loading):
         evaluation.main(["--model", str(model), "--benchmarks", "aime24", "--top-p", "0", "--output", out])
     with pytest.raises(SystemExit, match="--data-dir .* is not a directory"):
         evaluation.main(["--model", str(model), "--data-dir", str(tmp_path / "x"), "--output", out])
-    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
-        evaluation.main(["--model", str(model), "--benchmarks", "aime24", "--output", out, "--engine-kwarg", "x"])
     assert not Path(out).exists()
+
+
+def test_bad_key_value_is_a_usage_error(tmp_path, capsys, no_model_loading):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluation.main(["--model", "org/m", "--output", str(tmp_path / "r.json"), "--engine-kwarg", "x"])
+    assert exit_info.value.code == 2
+    assert "expected KEY=VALUE or a JSON object, got 'x'" in capsys.readouterr().err
 
 
 def test_markdown_output_name_is_rejected(tmp_path, no_model_loading):
@@ -187,21 +192,21 @@ def test_verl_checkpoints_get_the_merge_command(tmp_path, where):
     model = {"root": root, "global_step": actor.parent, "actor": actor, "actor/huggingface": actor / "huggingface"}
     expected = f"python -m verl.model_merger merge --backend fsdp --local_dir {actor} --target_dir <hf_dir>"
     with pytest.raises(ValueError, match="is a verl checkpoint") as error:
-        evaluation.check_model(str(model[where]))
+        generation.check_model(str(model[where]))
     assert expected in str(error.value)
 
 
 def test_verl_checkpoint_with_saved_hf_weights(tmp_path):
     actor = make_verl_checkpoint(tmp_path, 5, hf_weights=True)
-    evaluation.check_model(str(actor / "huggingface"))  # a complete Hugging Face folder
+    generation.check_model(str(actor / "huggingface"))  # a complete Hugging Face folder
     with pytest.raises(ValueError, match=f"or pass --model {actor / 'huggingface'}, which holds the full weights"):
-        evaluation.check_model(str(actor.parent))
+        generation.check_model(str(actor.parent))
 
 
 def test_hub_ids_are_accepted_without_a_local_folder():
-    evaluation.check_model("Qwen/Qwen3-4B-Base")
+    generation.check_model("Qwen/Qwen3-4B-Base")
     with pytest.raises(FileNotFoundError):
-        evaluation.check_model("/no/such/dir")
+        generation.check_model("/no/such/dir")
 
 
 # ---------------------------------------------------------------- end to end with a scripted sampler
@@ -266,6 +271,74 @@ def test_scripted_run_gives_exact_metrics(tmp_path, tiny_model, monkeypatch):
     assert "| toy_math | 2 | 37.5 ± 47.9 | 50.0 | 100.0 | 12.5 |" in report
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [s["correct"] for s in samples][0] == [True, True, False, False]
+
+
+def write_choice_set(data: Path, data_source: str) -> None:
+    """One multiple-choice problem (gold C) under a data_source the package does not know."""
+    choice = Problem("Which is prime?", "C", "c", options=("4", "6", "7", "8"))
+    write_rows([make_row(choice, data_source=data_source, ability="stem", split="test", index=0)],
+               data / f"{data_source}.parquet")
+
+
+def test_an_unlisted_choice_set_is_graded_as_choice_and_an_explicit_map_wins(tmp_path, tiny_model, monkeypatch):
+    """extra_info.kind = choice decides for an unknown data_source; --answer-kind-map overrides it."""
+    data = tmp_path / "data"
+    write_choice_set(data, "my_mc")
+    # "Final: C" names option C; read as math it holds no final answer at all.
+    sampler = ScriptedSampler({"prime": ["Final: C", "Final: C"]})
+    monkeypatch.setattr(generation, "load_sampler", lambda *a, **k: sampler)
+    args = ["--model", str(tiny_model), "--benchmarks", "my_mc", "--data-dir", str(data), "--k", "2",
+            "--engine", "hf", "--no-progress"]
+    evaluation.main([*args, "--output", str(tmp_path / "a.json")])
+    evaluation.main([*args, "--output", str(tmp_path / "b.json"), "--answer-kind-map", "my_mc=math"])
+    by_row = json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))["benchmarks"]["my_mc"]
+    mapped = json.loads((tmp_path / "b.json").read_text(encoding="utf-8"))
+    assert (by_row["kind"], by_row["pass@1"]) == ("choice", 1.0)
+    assert (mapped["benchmarks"]["my_mc"]["kind"], mapped["benchmarks"]["my_mc"]["pass@1"]) == ("math", 0.0)
+    assert mapped["settings"]["answer_kind_map"] == {"my_mc": "math"}
+
+
+def test_row_kind_is_the_one_rule_with_the_benchmark_as_default():
+    config = evaluation.EvalConfig(model="org/m", output="r.json", answer_kind_map={"aime24": "choice"})
+    assert evaluation.row_kind({"data_source": "gpqa_diamond"}, "gpqa_diamond", config) == "choice"
+    assert evaluation.row_kind({"data_source": "aime24", "extra_info": {"kind": "math"}}, "aime24", config) == "choice"
+    assert evaluation.row_kind({"data_source": "x", "extra_info": {"kind": "choice"}}, "x", config) == "choice"
+    assert evaluation.row_kind({"data_source": "x"}, "x", config) == "math"
+    other = evaluation.EvalConfig(model="org/m", output="r.json", default_answer_kind="choice")
+    assert evaluation.row_kind({"data_source": "x"}, "x", other) == "choice"
+    assert evaluation.row_kind({"data_source": "math500"}, "math500", other) == "math", "a known benchmark keeps its kind"
+
+
+def test_unwritable_output_is_an_error_before_any_model_loads(tmp_path, no_model_loading):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match=r"evaluate: --output: cannot write .*file/r.json: cannot create its folder"):
+        evaluation.main(["--model", "org/m", "--benchmarks", "aime24", "--output", str(tmp_path / "file" / "r.json")])
+    with pytest.raises(SystemExit, match="evaluate: --samples-output: cannot write .*: it is a folder"):
+        evaluation.main(["--model", "org/m", "--benchmarks", "aime24", "--output", str(tmp_path / "r.json"),
+                         "--samples-output", str(tmp_path)])
+
+
+def test_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, tiny_model, monkeypatch):
+    import errno
+
+    from verl_restrain.jobs import files
+
+    data = tmp_path / "data"
+    write_choice_set(data, "my_mc")
+    monkeypatch.setattr(generation, "load_sampler", lambda *a, **k: ScriptedSampler({"prime": ["\\boxed{C}"]}))
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    out = tmp_path / "res" / "run.json"
+    with pytest.raises(SystemExit) as exit_info:
+        evaluation.main(["--model", str(tiny_model), "--benchmarks", "my_mc", "--data-dir", str(data), "--k", "1",
+                         "--engine", "hf", "--no-progress", "--output", str(out)])
+    message = str(exit_info.value)
+    assert message == f"evaluate: cannot write {out.with_suffix('.md')}: no space left on device; make room (or fix " \
+        "the folder) and rerun the same command"
+    assert list(out.parent.iterdir()) == []
 
 
 # ---------------------------------------------------------------- tiny random model on CPU

@@ -22,9 +22,9 @@ import pytest
 
 from verl_restrain import __version__, defaults
 
-from verl_restrain.jobs import scoring
-from verl_restrain.advantage import prompt_weight
 from verl_restrain.jobs.scoring import ScoringConfig, ScoringInputError, score_prompts
+from verl_restrain.jobs.scoring import job as scoring
+from verl_restrain.jobs.scoring import shards
 from verl_restrain.jobs.scoring.cli import main
 from verl_restrain.jobs.scoring.io import WorkDir, merge_shards, read_job_metadata
 from verl_restrain.jobs.scoring.votes import ANSWER_COUNTS_TYPE
@@ -32,7 +32,6 @@ from verl_restrain.jobs.scoring.votes import ANSWER_COUNTS_TYPE
 REPO = Path(__file__).resolve().parent.parent
 NUM_ROWS = 10
 NEW_COLUMNS = [
-    defaults.PROMPT_WEIGHT_COLUMN,
     defaults.REF_MAJORITY_COUNT_COLUMN,
     defaults.REF_NUM_SAMPLES_COLUMN,
     defaults.REF_MAJORITY_ANSWER_COLUMN,
@@ -102,7 +101,7 @@ def test_output_keeps_every_input_column_and_row(reference, input_path):
     assert scored.column_names == original.column_names + NEW_COLUMNS
     assert scored.select(original.column_names).equals(original)
     assert scored.schema.metadata[b"dataset"] == b"tiny"
-    assert scored.schema.field(defaults.PROMPT_WEIGHT_COLUMN).type == pa.float32()
+    assert defaults.PROMPT_WEIGHT_COLUMN not in scored.column_names, "training derives u_x from the counts"
     assert scored.schema.field(defaults.REF_ANSWER_COUNTS_COLUMN).type == ANSWER_COUNTS_TYPE
     assert summary["prompts"] == NUM_ROWS
     assert not Path(config.parts_dir).exists(), "the checkpoints are removed after success"
@@ -113,16 +112,17 @@ def test_metadata_records_the_run(reference):
     record = read_job_metadata(config.output)
     expected = {
         "kind": "prompts", "model": config.model, "engine": "hf", "n": 3, "temperature": 1.0, "top_p": 1.0,
-        "max_new_tokens": 8, "seed": 5, "batch_size": 3, "sigma": defaults.SIGMA, "center": defaults.CENTER,
-        "version": __version__, "num_rows": NUM_ROWS,
+        "max_new_tokens": 8, "seed": 5, "batch_size": 3, "version": __version__, "num_rows": NUM_ROWS,
+        "answer_kind_map": {}, "default_answer_kind": "math",
     }  # fmt: skip
     assert {key: record[key] for key in expected} == expected
+    assert "sigma" not in record and "center" not in record, "u_x's g is the training run's, not the scoring job's"
     assert len(record["input_sha256"]) == 64
     assert read_job_metadata(config.samples_output)["kind"] == "samples"
 
 
 def test_columns_agree_with_the_samples(reference):
-    """c_ref, the majority, the counts and u_x are what the sampled answers say."""
+    """c_ref, the majority and the counts are what the sampled answers say; the summary is their c_ref/n."""
     config, summary, _, _ = reference
     scored = pq.read_table(config.output).to_pylist()
     samples = pq.read_table(config.samples_output).to_pylist()
@@ -137,13 +137,14 @@ def test_columns_agree_with_the_samples(reference):
         c_ref = max((len(v) for v in counts.values()), default=0)
         assert row[defaults.REF_MAJORITY_COUNT_COLUMN] == c_ref
         assert row[defaults.REF_NUM_SAMPLES_COLUMN] == 3
-        assert row[defaults.PROMPT_WEIGHT_COLUMN] == pytest.approx(prompt_weight(c_ref, 3).item())
         assert [c["count"] for c in row[defaults.REF_ANSWER_COUNTS_COLUMN]] == [len(counts[c]) for c in sorted(counts)]
         majority = [s for s in mine if s["is_majority"]]
         assert len(majority) == c_ref
         assert row[defaults.REF_MAJORITY_ANSWER_COLUMN] == (majority[0]["answer"] if majority else None)
-    weights = [row[defaults.PROMPT_WEIGHT_COLUMN] for row in scored]
-    assert summary["mean_prompt_weight"] == pytest.approx(sum(weights) / NUM_ROWS)
+    shares = [row[defaults.REF_MAJORITY_COUNT_COLUMN] / 3 for row in scored]
+    assert summary["mean_majority_share"] == pytest.approx(sum(shares) / NUM_ROWS)
+    assert summary["share_majority_at_least_half"] == pytest.approx(sum(s >= 0.5 for s in shares) / NUM_ROWS)
+    assert summary["share_no_valid_answer"] == pytest.approx(sum(s == 0 for s in shares) / NUM_ROWS)
 
 
 def test_rows_get_their_answer_kind(reference):
@@ -230,21 +231,13 @@ def test_kill_9_then_rerun_gives_identical_output(model_dir, input_path, tmp_pat
     assert not parts.exists()
 
 
-def test_resume_refuses_other_settings(reference, tmp_path, monkeypatch):
+def test_resume_refuses_other_settings(reference, tmp_path):
     config, _, output, _ = reference
     first = replace(config, output=str(tmp_path / "out.parquet"), samples_output=None, keep_parts=True)
     score_prompts(first)
     changed = replace(first, temperature=0.7)
     with pytest.raises(ScoringInputError, match=r"other settings \(temperature: checkpoint 1.0, now 0.7\).*--no-resume"):
         score_prompts(changed)
-    # sigma/center only shape u_x: they reuse the checkpoints.
-    reweighted = replace(first, sigma=0.8)
-    monkeypatch.setattr(scoring, "load_sampler", lambda *a, **k: pytest.fail("nothing should be sampled"))
-    score_prompts(reweighted)
-    weights = pq.read_table(reweighted.output).column(defaults.PROMPT_WEIGHT_COLUMN).to_pylist()
-    counts = pq.read_table(reweighted.output).column(defaults.REF_MAJORITY_COUNT_COLUMN).to_pylist()
-    assert weights == pytest.approx([prompt_weight(c, 3, sigma=0.8).item() for c in counts])
-    monkeypatch.undo()
     score_prompts(replace(changed, resume=False))
     assert read_job_metadata(changed.output)["temperature"] == 0.7
 
@@ -313,7 +306,8 @@ def no_model(monkeypatch):
         (dict(batch_size=0), "--batch-size must be >= 1"),
         (dict(num_shards=2, shard_index=2), r"--shard-index must be in \[0, 2\)"),
         (dict(top_p=0.0), r"--top-p must be in \(0, 1\]"),
-        (dict(answer_kind="code"), "--answer-kind must be auto, math or choice"),
+        (dict(default_answer_kind="code"), "--default-answer-kind must be math or choice, got 'code'"),
+        (dict(answer_kind_map={"aime24": "free"}), "--answer-kind-map aime24=free: the kind must be math or choice"),
         (dict(model="./no/such/model"), "--model: model folder not found: ./no/such/model"),
         (dict(model="no_such_model", input="missing.parquet"), "--model: model folder not found: no_such_model"),
     ],
@@ -402,7 +396,8 @@ def test_cli_runs_and_prints_the_summary(model_dir, input_path, tmp_path, capsys
     ]  # fmt: skip
     assert main(argv) == 0
     err = capsys.readouterr().err
-    assert f"scored {NUM_ROWS} prompts" in err and "mean prompt weight u_x" in err and "no valid answer" in err
+    assert f"scored {NUM_ROWS} prompts" in err and "mean c_ref/n" in err and "no valid answer" in err
+    assert "u_x" not in err
     record = read_job_metadata(output)
     assert record["answer_kind_map"] == {"aime24": "choice"}
     assert record["apply_chat_template_kwargs"] == {"enable_thinking": False}
@@ -439,7 +434,7 @@ def test_progress_bar_counts_prompts(model_dir, input_path, tmp_path, capsys):
 
 def test_input_is_never_modified(reference, input_path):
     config, _, _, _ = reference
-    assert read_job_metadata(config.output)["input_sha256"] == scoring._file_sha256(str(input_path))
+    assert read_job_metadata(config.output)["input_sha256"] == scoring.file_sha256(str(input_path))
     assert pq.read_schema(input_path).metadata == {b"dataset": b"tiny"}
 
 
@@ -488,7 +483,7 @@ def test_ray_with_one_shard_writes_the_output_itself(reference, tmp_path, inline
     config, _, output, samples = reference
     fake = inline_ray()
     single = replace(config, output=str(tmp_path / "o.parquet"), samples_output=str(tmp_path / "s.parquet"))
-    summary = scoring.score_prompts_on_ray(single)
+    summary = shards.score_prompts_on_ray(single)
     assert summary["prompts"] == NUM_ROWS and fake.num_gpus == [0]
     assert Path(single.output).read_bytes() == output
     assert Path(single.samples_output).read_bytes() == samples
@@ -499,7 +494,7 @@ def test_ray_shards_merge_and_leave_no_shard_files(reference, tmp_path, inline_r
     config, _, output, _ = reference
     inline_ray()
     fanned = replace(config, num_shards=3, output=str(tmp_path / "o.parquet"), samples_output=None)
-    scoring.score_prompts_on_ray(fanned)
+    shards.score_prompts_on_ray(fanned)
     assert Path(fanned.output).read_bytes() == output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.parquet"]
 
@@ -513,7 +508,7 @@ def test_ray_gpus_per_shard_follow_the_cluster_not_the_driver(engine, cluster_gp
     from verl_restrain.jobs import generation
 
     monkeypatch.setattr(generation, "_visible_gpu_count", lambda: 0)  # the driver sees no GPU
-    assert scoring._default_gpus_per_shard(engine, cluster_gpus) == expected
+    assert shards.default_gpus_per_shard(engine, cluster_gpus) == expected
 
 
 def test_ray_explicit_gpus_and_shard_errors(reference, tmp_path, inline_ray, monkeypatch):
@@ -525,7 +520,7 @@ def test_ray_explicit_gpus_and_shard_errors(reference, tmp_path, inline_ray, mon
     monkeypatch.setattr(generation, "_vllm_importable", lambda: False)
     broken = replace(config, engine="vllm", output=str(tmp_path / "o.parquet"), samples_output=None)
     with pytest.raises(ScoringInputError, match="vLLM is not installed"):
-        scoring.score_prompts_on_ray(broken, gpus_per_shard=2)
+        shards.score_prompts_on_ray(broken, gpus_per_shard=2)
     assert fake.num_gpus == [2]
 
 
@@ -541,9 +536,39 @@ def test_ray_fan_out_equals_the_unsharded_run(reference, tmp_path, num_shards):
     fanned = replace(config, num_shards=num_shards, output=str(tmp_path / "o.parquet"), samples_output=str(tmp_path / "s.parquet"))
     ray.init(num_cpus=1, include_dashboard=False)
     try:
-        scoring.score_prompts_on_ray(fanned)
+        shards.score_prompts_on_ray(fanned)
     finally:
         ray.shutdown()
     assert Path(fanned.output).read_bytes() == output
     assert Path(fanned.samples_output).read_bytes() == samples
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.parquet", "s.parquet"]
+
+
+class ScriptedSampler:
+    """Every prompt gets the same n responses."""
+
+    def __init__(self, responses: list[str]):
+        self.responses = responses
+
+    def generate(self, prompts, *, n, temperature, top_p, max_new_tokens, seed):
+        assert n == len(self.responses)
+        return [list(self.responses) for _ in prompts]
+
+
+def test_an_unlisted_choice_set_is_scored_as_choice_and_an_explicit_map_wins(tmp_path, monkeypatch):
+    """extra_info.kind = choice decides for an unknown data_source; --answer-kind-map overrides it."""
+    path = tmp_path / "mine.parquet"
+    chat = [{"role": "user", "content": "Which is prime? A) 4 B) 6 C) 7 D) 8"}]
+    pq.write_table(pa.table({"data_source": ["my_mc"], "prompt": [chat], "extra_info": [{"kind": "choice"}]}), path)
+    monkeypatch.setattr(scoring, "load_tokenizer", lambda *a, **k: None)
+    monkeypatch.setattr(scoring, "render_prompts", lambda chats, tokenizer, kwargs: [c[0]["content"] for c in chats])
+    # "Final: C" names option C; read as math it holds no final answer at all.
+    monkeypatch.setattr(scoring, "load_sampler", lambda *a, **k: ScriptedSampler(["Final: C", "Final: C"]))
+    settings = dict(input=str(path), model="org/model", engine="hf", n=2, progress=False)
+    score_prompts(ScoringConfig(output=str(tmp_path / "a.parquet"), **settings))
+    score_prompts(ScoringConfig(output=str(tmp_path / "b.parquet"), answer_kind_map={"my_mc": "math"}, **settings))
+    (by_row,) = pq.read_table(tmp_path / "a.parquet").to_pylist()
+    (mapped,) = pq.read_table(tmp_path / "b.parquet").to_pylist()
+    assert by_row[defaults.REF_MAJORITY_COUNT_COLUMN] == 2 and by_row[defaults.REF_MAJORITY_ANSWER_COLUMN] == "C"
+    assert mapped[defaults.REF_MAJORITY_COUNT_COLUMN] == 0 and mapped[defaults.REF_MAJORITY_ANSWER_COLUMN] is None
+    assert read_job_metadata(tmp_path / "b.parquet")["answer_kind_map"] == {"my_mc": "math"}

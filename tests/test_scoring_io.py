@@ -1,8 +1,9 @@
-"""Files of the scoring job: shard plans, batch seeds, atomic writes, the checkpoint directory."""
+"""Files of the scoring job: shard plans, batch seeds, job metadata, the checkpoint directory."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,14 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from verl_restrain.jobs.scoring import io as scoring_io
-from verl_restrain.jobs.scoring import shard_output_path
+from verl_restrain.jobs.config import batch_seed
+from verl_restrain.jobs.files import atomic_write_table
+from verl_restrain.jobs.scoring import ScoringInputError, shard_output_path
 from verl_restrain.jobs.scoring.io import (
     CHECKPOINT_SCHEMA,
-    ScoringInputError,
     WorkDir,
-    atomic_write_table,
-    batch_seed,
     plan_shard,
     read_job_metadata,
     with_job_metadata,
@@ -59,32 +58,6 @@ def test_batch_seed_depends_on_seed_and_batch_only():
     assert batch_seed(42, 7) != batch_seed(43, 7)
 
 
-def test_atomic_write_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
-    path = tmp_path / "out.parquet"
-    first = pa.table({"x": [1, 2, 3]})
-    atomic_write_table(first, path)
-    assert pq.read_table(path).equals(first)
-
-    def fail_midway(table, where, **kwargs):
-        with open(where, "wb") as handle:
-            handle.write(b"PAR1 half a file")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(scoring_io.pq, "write_table", fail_midway)
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write_table(pa.table({"x": [9]}), path)
-    assert pq.read_table(path).equals(first), "a failed write leaves the previous file untouched"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"], "no temporary file is left behind"
-
-
-def test_layout_does_not_depend_on_chunking(tmp_path):
-    whole = pa.table({"x": list(range(10)), "y": [str(i) for i in range(10)]})
-    chunked = pa.concat_tables([whole.slice(0, 4), whole.slice(4, 5), whole.slice(9)])
-    atomic_write_table(whole, tmp_path / "a.parquet")
-    atomic_write_table(chunked, tmp_path / "b.parquet")
-    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
-
-
 def test_job_metadata_round_trip_keeps_other_metadata(tmp_path):
     table = pa.table({"x": [1]}).replace_schema_metadata({b"pandas": b"{}"})
     atomic_write_table(with_job_metadata(table, {"n": 16, "model": "m"}), tmp_path / "t.parquet")
@@ -113,7 +86,7 @@ def test_work_dir_resume_and_refusal(tmp_path):
     settings = {"model": "m", "n": 2, "kwargs": {"a": (1, 2)}}
     work.open(settings, resume=True)
     work.write_batch(0, checkpoint([0, 1]))
-    (work.path / ".batch-0000001.parquet.x.tmp").write_bytes(b"half")  # left by a killed run
+    (work.path / ".batch-0000001.parquet.0123abcd.tmp").write_bytes(b"half")  # left by a killed run
     assert work.finished_batches(plan) == {0}
 
     WorkDir(work.path).open(settings, resume=True)
@@ -161,3 +134,41 @@ def test_read_batches_checks_the_rows(tmp_path):
 def test_shard_output_path():
     assert shard_output_path("data/x.parquet", 2, 8) == "data/x.shard-00002-of-00008.parquet"
     assert shard_output_path("x", 0, 1) == "x.shard-00000-of-00001.parquet"
+
+
+def test_work_dir_left_by_an_interrupted_removal_is_cleared_not_refused(tmp_path):
+    """A kill while the directory is removed leaves batches without settings.json: the next run clears them."""
+    work = WorkDir(tmp_path / "out.parquet.parts")
+    work.open({"n": 2}, resume=True)
+    work.write_batch(0, checkpoint([0, 1]))
+    work.write_batch(1, checkpoint([2, 3]))
+    (work.path / "settings.json").unlink()  # what a removal in any order can leave
+    (work.path / ".batch-0000002.parquet.0123abcd.tmp").write_bytes(b"half")
+    WorkDir(work.path).open({"n": 3}, resume=True)
+    assert sorted(p.name for p in work.path.iterdir()) == ["settings.json"]
+    assert json.loads((work.path / "settings.json").read_text())["n"] == 3
+
+
+def test_work_dir_removal_deletes_the_settings_last(tmp_path, monkeypatch):
+    work = WorkDir(tmp_path / "parts")
+    work.open({"n": 2}, resume=True)
+    for b in range(3):
+        work.write_batch(b, checkpoint([2 * b, 2 * b + 1]))
+    (work.path / ".batch-0000003.parquet.0123abcd.tmp").write_bytes(b"half")
+    removed = []
+    unlink = Path.unlink
+    monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: removed.append(self.name) or unlink(self, missing_ok))
+    work.remove()
+    assert removed[-1] == "settings.json" and len(removed) == 5
+    assert not work.path.exists()
+
+
+def test_work_dir_removal_leaves_a_directory_with_foreign_files_whole(tmp_path):
+    work = WorkDir(tmp_path / "parts")
+    work.open({"n": 2}, resume=True)
+    work.write_batch(0, checkpoint([0, 1]))
+    (work.path / "notes.txt").write_text("mine")
+    work.remove()
+    assert sorted(p.name for p in work.path.iterdir()) == ["batch-0000000.parquet", "notes.txt", "settings.json"]
+    with pytest.raises(ScoringInputError, match=r"not a scoring work directory \(it holds notes.txt\)"):
+        WorkDir(work.path).open({"n": 2}, resume=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import pyarrow as pa
@@ -11,20 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from verl_restrain import defaults
-from verl_restrain.advantage import prompt_weight
 from verl_restrain.jobs.scoring.votes import (
     ANSWER_COUNTS_TYPE,
     SAMPLES_SCHEMA,
-    answer_kinds,
     prompt_columns,
+    row_kinds,
     samples_table,
     summarize,
     vote_batch,
 )
-
-
-def g(f: float, sigma: float = defaults.SIGMA, center: float = defaults.CENTER) -> float:
-    return math.exp(-((f - center) ** 2) / (2 * sigma**2))
 
 
 def columns_as_lists(columns: dict) -> dict:
@@ -40,8 +34,14 @@ def test_hand_computed_prompts():
         "1/2", "0.5", "1/2", "5",  # one cluster of three spellings: named by its first sample
     ]  # fmt: skip
     clusters = [0, 0, 1, -1, -1, -1, -1, -1, 0, 1, 1, 0, 0, 0, 0, 1]
-    columns, majority_id = prompt_columns(answers, clusters, n, defaults.SIGMA, defaults.CENTER)
+    columns, majority_id = prompt_columns(answers, clusters, n)
     got = columns_as_lists(columns)
+    assert list(got) == [
+        defaults.REF_MAJORITY_COUNT_COLUMN,
+        defaults.REF_NUM_SAMPLES_COLUMN,
+        defaults.REF_MAJORITY_ANSWER_COLUMN,
+        defaults.REF_ANSWER_COUNTS_COLUMN,
+    ], "no u_x column: training derives it from the counts with its own sigma and center"
     assert got[defaults.REF_MAJORITY_COUNT_COLUMN] == [2, 0, 2, 3]
     assert got[defaults.REF_NUM_SAMPLES_COLUMN] == [4, 4, 4, 4]
     assert got[defaults.REF_MAJORITY_ANSWER_COLUMN] == ["7", None, "3", "1/2"]
@@ -51,26 +51,15 @@ def test_hand_computed_prompts():
         [{"answer": "3", "count": 2}, {"answer": "7", "count": 2}],
         [{"answer": "1/2", "count": 3}, {"answer": "5", "count": 1}],
     ]
-    # g(0.5) = exp(-0.25 / 0.32) = 0.4578; g(0) = exp(-1 / 0.32) = 0.0439; g(0.75) = exp(-0.0625 / 0.32) = 0.8226
-    assert got[defaults.PROMPT_WEIGHT_COLUMN] == pytest.approx([g(0.5), g(0.0), g(0.5), g(0.75)], rel=1e-6)
-    assert got[defaults.PROMPT_WEIGHT_COLUMN][1] == pytest.approx(0.0439, abs=1e-4)
     assert majority_id == [0, -1, 0, 0]
-    assert columns[defaults.PROMPT_WEIGHT_COLUMN].type == pa.float32()
     assert columns[defaults.REF_ANSWER_COUNTS_COLUMN].type == ANSWER_COUNTS_TYPE
 
 
-def test_sigma_and_center_reach_the_weight():
-    columns, _ = prompt_columns(["1", "1", "2", None], [0, 0, 1, -1], 4, sigma=0.2, center=0.5)
-    assert columns[defaults.PROMPT_WEIGHT_COLUMN].to_pylist() == pytest.approx([1.0])
-    columns, _ = prompt_columns(["1", "1", "2", None], [0, 0, 1, -1], 4, sigma=0.2, center=1.0)
-    assert columns[defaults.PROMPT_WEIGHT_COLUMN].to_pylist() == pytest.approx([g(0.5, 0.2, 1.0)], rel=1e-6)
-
-
 def test_empty_and_malformed_inputs():
-    columns, majority_id = prompt_columns([], [], 3, defaults.SIGMA, defaults.CENTER)
+    columns, majority_id = prompt_columns([], [], 3)
     assert all(len(array) == 0 for array in columns.values()) and majority_id == []
     with pytest.raises(ValueError, match="n=3"):
-        prompt_columns(["1"] * 4, [0] * 4, 3, defaults.SIGMA, defaults.CENTER)
+        prompt_columns(["1"] * 4, [0] * 4, 3)
 
 
 @settings(max_examples=200, deadline=None)
@@ -80,7 +69,7 @@ def test_empty_and_malformed_inputs():
 )
 def test_matches_a_plain_loop(n, groups):
     """Per prompt: c_ref = most common cluster's count, majority = first-appearing cluster among the
-    most common, counts in first-appearance order, u = g(c_ref / n)."""
+    most common, counts in first-appearance order."""
     ids = [group[:n] for group in groups]
     # Renumber by first appearance within each prompt, as cluster_extracted does.
     clusters = []
@@ -89,7 +78,7 @@ def test_matches_a_plain_loop(n, groups):
         clusters.append([-1 if a < 0 else order.setdefault(a, len(order)) for a in group])
     answers = [None if c < 0 else f"ans{c}" for group in clusters for c in group]
     flat = [c for group in clusters for c in group]
-    columns, majority_id = prompt_columns(answers, flat, n, defaults.SIGMA, defaults.CENTER)
+    columns, majority_id = prompt_columns(answers, flat, n)
     got = columns_as_lists(columns)
     for g_index, group in enumerate(clusters):
         counts = Counter(c for c in group if c >= 0)
@@ -101,8 +90,6 @@ def test_matches_a_plain_loop(n, groups):
         assert got[defaults.REF_ANSWER_COUNTS_COLUMN][g_index] == [
             {"answer": f"ans{c}", "count": counts[c]} for c in sorted(counts)
         ]
-        expected = prompt_weight(c_ref, n).item()
-        assert got[defaults.PROMPT_WEIGHT_COLUMN][g_index] == pytest.approx(expected, rel=1e-6)
 
 
 def test_vote_batch_uses_answer_equivalence():
@@ -116,19 +103,21 @@ def test_vote_batch_uses_answer_equivalence():
     assert answers[1][:3] == ["B", "B", "C"]
 
 
-def test_answer_kinds():
+def test_row_kinds_follow_the_one_rule():
     table = pa.table(
         {
             "data_source": ["dapo_math_14k", "gpqa_diamond", "mmlu_stem", "math500", "custom", "custom_mc"],
             "extra_info": [{"kind": None}, {"kind": None}, {"kind": None}, {"kind": None}, {"kind": "choice"}, None],
         }
     )
-    assert answer_kinds(table) == ["math", "choice", "choice", "math", "choice", "math"]
-    assert answer_kinds(table, "auto", {"custom_mc": "choice", "gpqa_diamond": "math"}) == [
-        "math", "math", "choice", "math", "choice", "choice"
+    assert row_kinds(table) == ["math", "choice", "choice", "math", "choice", "math"]
+    # The explicit map wins over extra_info.kind and the built-in benchmarks.
+    assert row_kinds(table, {"custom_mc": "choice", "gpqa_diamond": "math", "custom": "math"}) == [
+        "math", "math", "choice", "math", "math", "choice"
     ]  # fmt: skip
-    assert answer_kinds(table, "math") == ["math"] * 6
-    assert answer_kinds(pa.table({"prompt": [1, 2]})) == ["math", "math"]
+    assert row_kinds(table, default="choice") == ["choice", "choice", "choice", "choice", "choice", "choice"]
+    assert row_kinds(pa.table({"prompt": [1, 2]})) == ["math", "math"]
+    assert row_kinds(pa.table({"prompt": [1, 2]}), default="choice") == ["choice", "choice"]
 
 
 def test_samples_table():
@@ -153,16 +142,11 @@ def test_samples_table():
 
 
 def test_summarize():
-    table = pa.table(
-        {
-            defaults.PROMPT_WEIGHT_COLUMN: pa.array([1.0, 0.5, 0.25, 0.25], pa.float32()),
-            defaults.REF_MAJORITY_COUNT_COLUMN: [4, 2, 1, 0],
-            defaults.REF_NUM_SAMPLES_COLUMN: [4, 4, 4, 4],
-        }
-    )
+    table = pa.table({defaults.REF_MAJORITY_COUNT_COLUMN: [4, 2, 1, 0], defaults.REF_NUM_SAMPLES_COLUMN: [4, 4, 4, 4]})
+    # c_ref/n = 1, 0.5, 0.25, 0: mean 0.4375; two of four >= 0.5; one without a valid answer.
     assert summarize(table) == {
         "prompts": 4,
-        "mean_prompt_weight": pytest.approx(0.5),
+        "mean_majority_share": pytest.approx(0.4375),
         "share_majority_at_least_half": 0.5,
         "share_no_valid_answer": 0.25,
     }

@@ -1,30 +1,35 @@
-"""The paper's data sets in verl's row format (see :mod:`verl_restrain.data.prepare`)."""
+"""The paper's data sets in verl's row format (see :mod:`verl_restrain.data.prepare`).
 
-from verl_restrain.data.prepare import (
-    BENCHMARKS,
-    EVAL_BENCHMARKS,
-    MMLU_STEM_SUBJECTS,
-    TRAIN_BENCHMARKS,
-    benchmark_kind,
-    build_rows,
-    prepare_benchmarks,
-    resolve_names,
-)
-from verl_restrain.data.rows import ROW_SCHEMA, Problem, make_row, read_provenance, render_question, write_rows
+The names below load their module on first use, so that ``python -m verl_restrain.data.prepare``
+runs the module once.
+"""
 
-__all__ = [
-    "BENCHMARKS",
-    "EVAL_BENCHMARKS",
-    "MMLU_STEM_SUBJECTS",
-    "ROW_SCHEMA",
-    "TRAIN_BENCHMARKS",
-    "Problem",
-    "benchmark_kind",
-    "build_rows",
-    "make_row",
-    "prepare_benchmarks",
-    "read_provenance",
-    "render_question",
-    "resolve_names",
-    "write_rows",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BENCHMARKS": "prepare",
+    "EVAL_BENCHMARKS": "prepare",
+    "MMLU_STEM_SUBJECTS": "prepare",
+    "TRAIN_BENCHMARKS": "prepare",
+    "benchmark_kind": "prepare",
+    "build_rows": "prepare",
+    "prepare_benchmarks": "prepare",
+    "resolve_names": "prepare",
+    "ROW_SCHEMA": "rows",
+    "Problem": "rows",
+    "make_row": "rows",
+    "read_provenance": "rows",
+    "render_question": "rows",
+    "write_rows": "rows",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

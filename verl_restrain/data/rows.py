@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ANSWER_KINDS = ("math", "choice")
+from verl_restrain.jobs.files import atomic_write_table
 
 # The one instruction every math prompt ends with; the answer is read from the last \boxed{}.
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -138,13 +138,10 @@ def rows_to_table(rows: Sequence[dict], provenance: dict | None = None) -> pa.Ta
 
 
 def write_rows(rows: Sequence[dict], path: str | Path, provenance: dict | None = None) -> Path:
-    """Write ``rows`` to ``path`` as parquet, atomically (a temporary file renamed into place)."""
+    """Write ``rows`` to ``path`` as parquet (:func:`verl_restrain.jobs.files.atomic_write_table`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(rows_to_table(rows, provenance), tmp)
-    tmp.replace(path)
-    return path
+    return atomic_write_table(rows_to_table(rows, provenance), path)
 
 
 def read_provenance(path: str | Path) -> dict:

@@ -53,32 +53,56 @@ def plain(value: Any) -> Any:
     return value
 
 
+class RecordsFileError(ValueError):
+    """A local data file that cannot be read; the message names the file."""
+
+
 def read_records_file(path: Path) -> list[dict]:
     """Records of one local file: parquet, JSON lines, a JSON list (or ``{"data": [...]}``), or CSV.
 
-    JSON and CSV are read as text so that answers such as ``"025"`` keep their spelling.
+    JSON and CSV are read as text so that answers such as ``"025"`` keep their spelling. A file
+    that cannot be read or parsed raises :class:`RecordsFileError` naming it (and the line for JSON lines).
     """
+    try:
+        return _read_records(path)
+    except RecordsFileError:
+        raise
+    except (OSError, ValueError) as error:
+        raise RecordsFileError(f"{path}: cannot be read ({error})") from error
+
+
+def _read_records(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pandas as pd
 
         return [plain(r) for r in pd.read_parquet(path).to_dict("records")]
     if suffix == ".jsonl":
+        records = []
         with path.open(encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    records.append(_json(line, f"{path}:{number}"))
+        return records
     if suffix == ".json":
-        with path.open(encoding="utf-8") as f:
-            data = json.load(f)
+        data = _json(path.read_text(encoding="utf-8"), str(path))
         if isinstance(data, Mapping) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of records (or {{'data': [...]}})")
+            raise RecordsFileError(f"{path}: expected a JSON list of records (or {{'data': [...]}})")
         return data
     if suffix == ".csv":
         import pandas as pd
 
         return pd.read_csv(path, dtype=str, keep_default_na=False).to_dict("records")
-    raise ValueError(f"{path}: unsupported file type; use one of {', '.join(LOCAL_SUFFIXES)}")
+    raise RecordsFileError(f"{path}: unsupported file type; use one of {', '.join(LOCAL_SUFFIXES)}")
+
+
+def _json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise RecordsFileError(f"{where}: not valid JSON ({error})") from None
 
 
 def find_local_files(local_dir: str | Path, name: str) -> list[Path]:

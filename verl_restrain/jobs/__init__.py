@@ -1,4 +1,7 @@
-"""The jobs: sampling engines, offline prompt scoring, evaluation and tables.
+"""The jobs: sampling engines (``generation``), offline prompt scoring (``scoring/``), evaluation and tables.
 
-Each job is a library function behind a thin command line; none imports verl at module level.
+What they share lives here once: the sampling settings and their checks (``config``), command lines
+generated from config dataclasses (``arguments``) and the durable atomic write (``files``, also used
+by data preparation). Each job is a library function behind a thin command line; none imports verl
+at module level.
 """

@@ -1,10 +1,11 @@
 """Evaluate a checkpoint on the paper's benchmarks: k samples per problem, graded like training.
 
-For each benchmark (a verl-format parquet from ``scripts/prepare_data.py``, or the bundled copy of
+For each benchmark (a verl-format parquet from ``restrain-prepare-data``, or the bundled copy of
 AIME24/AIME25/AMC23/MATH500) the model draws k completions per problem with
-:mod:`verl_restrain.jobs.generation` (vLLM on GPUs, Hugging Face transformers otherwise), prompts rendered
-exactly as verl renders them in training. Grading uses :mod:`verl_restrain.answers`, the code the
-trainer votes and rewards with. Per benchmark, with P problems and c_ps = 1 if sample s of problem p
+:mod:`verl_restrain.jobs.generation`, prompts rendered exactly as verl renders them in training.
+Grading uses :mod:`verl_restrain.answers`, the code the trainer votes and rewards with, with each
+row's answer kind from :func:`verl_restrain.answers.kinds.answer_kind` (the benchmark's own kind as
+the default). Per benchmark, with P problems and c_ps = 1 if sample s of problem p
 is correct (``is_correct``):
 
 * ``pass@1``: mean of c_ps over all P * k samples; ``pass@1_std``: the standard deviation (ddof=1)
@@ -17,85 +18,87 @@ is correct (``is_correct``):
 * ``pass@k``: share of problems with at least one correct sample;
 * ``no_answer``: share of samples from which no final answer is extracted (``extract_answer`` is None).
 
-Results go to a JSON file (:data:`RESULT_FORMAT`, read by ``scripts/make_tables.py``) and a markdown
-table next to it (the JSON name with ``.md``, so ``--output`` must not end in ``.md``). A ``--model``
-that is not a loadable Hugging Face folder or hub id is an error before anything loads
-(:func:`verl_restrain.jobs.generation.check_model`). verl's FSDP checkpoints are converted to a Hugging
-Face folder first with verl's own merger: ``python -m verl.model_merger merge --backend fsdp
---local_dir <ckpt>/global_step_N/actor --target_dir <hf_dir>``.
+Results go to a JSON file (:data:`RESULT_FORMAT`, read by ``restrain-make-tables``) and a markdown
+table next to it (the JSON name with ``.md``, so ``--output`` must not end in ``.md``), each written
+atomically, the JSON last; the samples file is written before both. Every setting, the model
+(:func:`verl_restrain.jobs.generation.check_model`), the benchmarks' data and the writability of the
+outputs are checked before anything loads.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from verl_restrain import __version__
-from verl_restrain.jobs.generation import check_model
+from verl_restrain.jobs.arguments import build_parser as parser_for
+from verl_restrain.jobs.arguments import config_from_args
+from verl_restrain.jobs.config import JobInputError, SamplingConfig, batch_seed, override
+from verl_restrain.jobs.files import WriteError, atomic_write_text, check_writable, remove_stale_temps
 
 RESULT_FORMAT = "verl_restrain.jobs.evaluation/1"
 
-# Prompts per generate call: vLLM schedules a large batch itself; HF pads a batch to its longest row.
-DEFAULT_BATCH_SIZE = {"vllm": 1024, "hf": 8}
+PAPER_BENCHMARKS = ["math500", "aime24", "aime25", "amc23", "gpqa_diamond", "mmlu_stem"]
 
 
-@dataclass
-class EvalConfig:
-    """Settings of one evaluation run; see ``--help``."""
+@dataclass(kw_only=True)
+class EvalConfig(SamplingConfig):
+    """Settings of one evaluation run; ``restrain-evaluate`` is generated from them."""
 
-    model: str
-    benchmarks: list[str]
-    output: str
-    data_dir: str | None = None
-    k: int = 16
-    engine: str = "auto"
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_new_tokens: int = 8192
-    seed: int = 0
-    batch_size: int | None = None
-    label: str | None = None
-    max_problems: int | None = None
-    samples_output: str | None = None
-    apply_chat_template_kwargs: dict = field(default_factory=dict)
-    engine_kwargs: dict = field(default_factory=dict)
-    trust_remote_code: bool = False
-    progress: bool = True
+    benchmarks: list[str] = field(
+        default_factory=lambda: list(PAPER_BENCHMARKS),
+        metadata={"help": "comma-separated benchmark names (default: the paper's six)", "group": "data"},
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "group": "data",
+            "help": "folder of <benchmark>.parquet from restrain-prepare-data (AIME24/25, AMC23, MATH500 fall back to "
+            "the bundled copy)",
+        },
+    )
+    max_problems: int | None = field(
+        default=None, metadata={"help": "evaluate only the first N problems of each benchmark", "group": "data"}
+    )
+    output: str = field(metadata={"help": "result JSON (a markdown table goes next to it as .md)", "group": "output"})
+    label: str | None = field(
+        default=None,
+        metadata={"help": "run name in tables, e.g. restrain (default: the model folder's name)", "group": "output"},
+    )
+    samples_output: str | None = field(
+        default=None, metadata={"help": "also write every response with its grading (JSON lines)", "group": "output"}
+    )
+    k: int = field(default=16, metadata={"help": "samples per problem", "group": "sampling"})
+    temperature: float = override(SamplingConfig, "temperature", 0.6)
+    top_p: float = override(SamplingConfig, "top_p", 0.95)
+    max_new_tokens: int = override(SamplingConfig, "max_new_tokens", 8192)
+    seed: int = override(SamplingConfig, "seed", 0)
 
-    def __post_init__(self) -> None:
-        from verl_restrain.jobs.generation import ENGINES
-
-        if self.k < 1:
-            raise ValueError(f"--k must be >= 1, got {self.k}")
-        if self.engine not in ENGINES:
-            raise ValueError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
-        if self.temperature < 0:
-            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.max_problems is not None and self.max_problems < 1:
-            raise ValueError(f"--max-problems must be >= 1, got {self.max_problems}")
+    def validate(self) -> None:
+        self.at_least("k", 1)
+        super().validate()
+        if self.max_problems is not None:
+            self.at_least("max_problems", 1)
         if not self.benchmarks:
-            raise ValueError("no benchmark given (--benchmarks)")
+            raise JobInputError("no benchmark given (--benchmarks)")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
-            raise FileNotFoundError(f"--data-dir {self.data_dir} is not a directory")
+            raise JobInputError(f"--data-dir {self.data_dir} is not a directory")
         if Path(self.output).suffix.lower() == ".md":
-            raise ValueError(
+            raise JobInputError(
                 f"--output {self.output} ends in .md, the name of the markdown table written next to the JSON; "
                 "give the JSON file, e.g. results/run.json"
             )
-        check_model(self.model)
+
+    @property
+    def report_path(self) -> Path:
+        """The markdown table: ``output`` with ``.md``."""
+        return Path(self.output).with_suffix(".md")
 
 
 def benchmark_file(name: str, data_dir: str | None) -> Path | None:
@@ -146,14 +149,13 @@ def load_benchmark(name: str, data_dir: str | None) -> tuple[list[dict], str]:
     return rows, provenance["source"]
 
 
-def row_kind(row: dict, name: str) -> str:
-    """Answer kind of a row: its ``extra_info.kind``, else the benchmark's, else ``math``."""
-    kind = (row.get("extra_info") or {}).get("kind")
-    if kind in ("math", "choice"):
-        return kind
+def row_kind(row: dict, name: str, config: SamplingConfig) -> str:
+    """Answer kind of a row: :func:`verl_restrain.answers.kinds.answer_kind` with ``config``'s settings,
+    the benchmark's own kind as the default when ``name`` is a known benchmark."""
     from verl_restrain.data.prepare import BENCHMARKS
 
-    return BENCHMARKS[name].kind if name in BENCHMARKS else "math"
+    default = BENCHMARKS[name].kind if name in BENCHMARKS else None
+    return config.row_kind(row.get("data_source"), row.get("extra_info"), default)
 
 
 @dataclass
@@ -196,12 +198,6 @@ def benchmark_metrics(graded: Sequence[Graded], k: int) -> dict[str, float]:
     }
 
 
-def batch_seed(seed: int, benchmark: str, batch_index: int) -> int:
-    """Sampling seed of one batch, fixed by the run seed, the benchmark and the batch position."""
-    entropy = [seed, zlib.crc32(benchmark.encode()), batch_index]
-    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
-
-
 def markdown_report(result: dict) -> str:
     """One row per benchmark: Pass@1 mean ± std, maj@k, pass@k, no-answer share (percent)."""
     k = result["settings"]["k"]
@@ -235,7 +231,15 @@ def evaluate(config: EvalConfig) -> dict:
         if not rows:
             raise ValueError(f"{origin} has no rows")
         data[name] = (rows[: config.max_problems] if config.max_problems else rows, origin)
-    batch_size = config.batch_size or DEFAULT_BATCH_SIZE[engine]
+    batch_size = config.batch_size_for(engine)
+    outputs = [("--output", config.output), ("--output", config.report_path), ("--samples-output", config.samples_output)]
+    for name, path in outputs:
+        if path:
+            remove_stale_temps(path)
+            try:
+                check_writable(path)
+            except WriteError as error:
+                raise JobInputError(f"{name}: {error}") from None
 
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
     # Rendering every prompt before the model loads surfaces malformed chats in seconds.
@@ -254,7 +258,18 @@ def evaluate(config: EvalConfig) -> dict:
         "settings": {
             key: value
             for key, value in asdict(config).items()
-            if key in ("k", "temperature", "top_p", "max_new_tokens", "seed", "max_problems", "apply_chat_template_kwargs")
+            if key
+            in (
+                "k",
+                "temperature",
+                "top_p",
+                "max_new_tokens",
+                "seed",
+                "max_problems",
+                "apply_chat_template_kwargs",
+                "answer_kind_map",
+                "default_answer_kind",
+            )
         },
         "package_version": __version__,
         "benchmarks": {},
@@ -279,12 +294,12 @@ def evaluate(config: EvalConfig) -> dict:
                     temperature=config.temperature,
                     top_p=config.top_p,
                     max_new_tokens=config.max_new_tokens,
-                    seed=batch_seed(config.seed, name, batch_index),
+                    seed=batch_seed(config.seed, zlib.crc32(name.encode()), batch_index),
                 )
                 for offset, completions in enumerate(responses):
                     row = rows[start + offset]
                     gold = str(row["reward_model"]["ground_truth"])
-                    g = grade_problem(completions, gold, row_kind(row, name))
+                    g = grade_problem(completions, gold, row_kind(row, name, config))
                     graded.append(g)
                     if config.samples_output:
                         samples.append(
@@ -294,7 +309,7 @@ def evaluate(config: EvalConfig) -> dict:
                         )
                 bar.update(len(prompts))
             metrics = benchmark_metrics(graded, config.k)
-            kinds = sorted({row_kind(r, name) for r in rows})
+            kinds = sorted({row_kind(r, name, config) for r in rows})
             result["benchmarks"][name] = {
                 "num_problems": len(graded), "k": config.k, "kind": ",".join(kinds), "source": origin, **metrics
             }
@@ -304,105 +319,46 @@ def evaluate(config: EvalConfig) -> dict:
             )
     finally:
         bar.close()
-    write_result(result, config.output)
     if config.samples_output:
-        path = Path(config.samples_output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
+        atomic_write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), config.samples_output)
+    write_result(result, config.output)
     return result
 
 
 def write_result(result: dict, output: str | Path) -> tuple[Path, Path]:
-    """Write ``result`` as JSON to ``output`` and its markdown table to the same name with ``.md``."""
+    """Write ``result``'s markdown table to ``output`` with ``.md``, then the JSON to ``output``.
+
+    The JSON, written last, marks a complete evaluation; both writes are atomic.
+    """
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(output)
-    report = output.with_suffix(".md")
-    report.write_text(markdown_report(result), encoding="utf-8")
+    report = atomic_write_text(markdown_report(result), output.with_suffix(".md"))
+    atomic_write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", output)
     return output, report
 
 
-def _key_values(items: Sequence[str], option: str) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs with JSON values where they parse (``enable_thinking=false`` -> False)."""
-    parsed = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{option} {item!r}: expected KEY=VALUE")
-        try:
-            parsed[key] = json.loads(value)
-        except json.JSONDecodeError:
-            parsed[key] = value
-    return parsed
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser():
+    return parser_for(
+        EvalConfig,
+        groups=("data", "output", "sampling", "answers"),
+        prog="restrain-evaluate",
         description="Sample k answers per problem from a model and report Pass@1, maj@k, pass@k and no-answer share.",
         epilog="A verl FSDP checkpoint is converted first: python -m verl.model_merger merge --backend fsdp "
         "--local_dir CKPT/global_step_N/actor --target_dir HF_DIR",
     )
-    parser.add_argument("--model", required=True, help="Hugging Face model folder (or hub id)")
-    parser.add_argument(
-        "--benchmarks", default="math500,aime24,aime25,amc23,gpqa_diamond,mmlu_stem",
-        help="comma-separated benchmark names (default: the paper's six)",
-    )
-    parser.add_argument(
-        "--data-dir", default=None,
-        help="folder of <benchmark>.parquet from prepare_data.py (AIME24/25, AMC23, MATH500 fall back to the bundled copy)",
-    )
-    parser.add_argument("--output", required=True, help="result JSON (a markdown table goes next to it as .md)")
-    parser.add_argument("--label", default=None, help="run name in tables, e.g. restrain (default: model folder name)")
-    parser.add_argument("--k", type=int, default=16, help="samples per problem")
-    parser.add_argument("--engine", default="auto", help="auto (vLLM when installed and a GPU is visible), vllm or hf")
-    parser.add_argument("--temperature", type=float, default=0.6)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--max-new-tokens", type=int, default=8192)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=None, help="prompts per generate call (default: vllm 1024, hf 8)")
-    parser.add_argument("--max-problems", type=int, default=None, help="evaluate only the first N problems of each benchmark")
-    parser.add_argument("--samples-output", default=None, help="also write every response with its grading (JSON lines)")
-    parser.add_argument(
-        "--chat-template-kwarg", action="append", default=[], metavar="KEY=VALUE",
-        help="verl's data.apply_chat_template_kwargs, e.g. enable_thinking=false (repeatable)",
-    )
-    parser.add_argument(
-        "--engine-kwarg", action="append", default=[], metavar="KEY=VALUE",
-        help="passed to the engine, e.g. tensor_parallel_size=2, gpu_memory_utilization=0.8, dtype=float32",
-    )
-    parser.add_argument("--trust-remote-code", action="store_true")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line of ``scripts/evaluate.py``; returns the exit status."""
+    """Command line of ``restrain-evaluate``; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        config = EvalConfig(
-            model=args.model,
-            benchmarks=list(dict.fromkeys(b.strip() for b in args.benchmarks.split(",") if b.strip())),
-            output=args.output,
-            data_dir=args.data_dir,
-            k=args.k,
-            engine=args.engine,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            max_new_tokens=args.max_new_tokens,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            label=args.label,
-            max_problems=args.max_problems,
-            samples_output=args.samples_output,
-            apply_chat_template_kwargs=_key_values(args.chat_template_kwarg, "--chat-template-kwarg"),
-            engine_kwargs=_key_values(args.engine_kwarg, "--engine-kwarg"),
-            trust_remote_code=args.trust_remote_code,
-            progress=not args.no_progress,
-        )
-        result = evaluate(config)
+        result = evaluate(config_from_args(EvalConfig, args))
+    except WriteError as exc:
+        raise SystemExit(f"evaluate: {exc}; make room (or fix the folder) and rerun the same command") from exc
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"evaluate: {exc}") from exc
     print(markdown_report(result))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,8 +22,11 @@ import argparse
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from verl_restrain.jobs.files import WriteError, atomic_write, atomic_write_text, remove_stale_temps
 
 # Column order and headers of both tables.
 BENCHMARK_COLUMNS = {
@@ -97,8 +100,10 @@ def load_results(specs: Sequence[str]) -> dict[str, dict[str, dict]]:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"result file {path} does not exist")
-        with path.open(encoding="utf-8") as f:
-            result = json.load(f)
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path} is not valid JSON ({error}); give result files of restrain-evaluate") from None
         if not isinstance(result, Mapping) or not isinstance(result.get("benchmarks"), Mapping):
             raise ValueError(f"{path} is not an evaluation result (no 'benchmarks' mapping)")
         label = label or result.get("label") or path.stem
@@ -316,8 +321,11 @@ def plot_curves(
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (3.0 * rows)))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=110)
-    plt.close(fig)
+    remove_stale_temps(output)
+    try:
+        atomic_write(output, lambda tmp: fig.savefig(tmp, dpi=110, format=output.suffix[1:].lower() or "png"))
+    finally:
+        plt.close(fig)
     return metrics
 
 
@@ -326,6 +334,7 @@ def plot_curves(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="restrain-make-tables",
         description="Build the paper's main and ablation tables from evaluation results, and plot training curves."
     )
     parser.add_argument(
@@ -359,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(text)
             if args.output:
                 Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.output).write_text(text, encoding="utf-8")
+                remove_stale_temps(args.output)
+                atomic_write_text(text, args.output)
         if args.curve:
             logs = {}
             for spec in args.curve:
@@ -369,6 +379,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 logs[label] = read_training_log(path)
             drawn = plot_curves(logs, args.curves_png, args.curve_metrics or DEFAULT_CURVE_PATTERNS)
             print(f"drew {len(drawn)} metrics for {len(logs)} runs to {args.curves_png}")
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except WriteError as exc:
+        raise SystemExit(f"make_tables: {exc}; make room (or fix the folder) and rerun the same command") from exc
+    except (ValueError, OSError, RuntimeError) as exc:
         raise SystemExit(f"make_tables: {exc}") from exc
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,40 +1,43 @@
-"""Files of the offline scoring job: atomic writes, batch checkpoints, shard plans, merging.
+"""Files of the offline scoring job: shard plans, batch checkpoints, job metadata, merging.
 
 Work is split into global batches of ``batch_size`` consecutive input rows; batch b holds rows
-``[b * batch_size, (b + 1) * batch_size)`` and is sampled with a seed derived from (seed, b) only.
-A shard is a contiguous range of batches, so shard outputs joined in order equal the unsharded
-output. Every finished batch is written to the work directory as ``batch-<b>.parquet`` by
-write-to-temp, fsync, rename: a file with that name is always complete, whatever moment a crash hits.
-The work directory also holds ``settings.json``, the settings that determine the samples; resuming
-with other settings is refused once a batch is checkpointed (before that, as after a model that
-failed to load, the new settings replace the old).
+``[b * batch_size, (b + 1) * batch_size)``. A shard is a contiguous range of batches, so shard
+outputs joined in order equal the unsharded output.
+
+The work directory (:class:`WorkDir`) holds ``settings.json``, the settings that determine the
+samples, written before any batch, and one ``batch-<b>.parquet`` per finished batch. Every file is
+written with :func:`verl_restrain.jobs.files.atomic_write`, so a file with its final name is always
+complete, whatever moment a kill hits. Removal deletes ``settings.json`` last, so a directory with
+batches but no settings is the remains of an interrupted removal, and is removed on the next open.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import shutil
-import tempfile
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from verl_restrain.jobs.config import JobInputError
+from verl_restrain.jobs.files import atomic_write_table, atomic_write_text, fsync_dir, is_temp_name
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CHECKPOINT_SCHEMA",
     "METADATA_KEY",
-    "ScoringInputError",
     "ShardPlan",
     "WorkDir",
-    "atomic_write_table",
-    "batch_seed",
     "merge_shards",
     "plan_shard",
     "read_job_metadata",
+    "with_job_metadata",
 ]
 
 # Parquet schema-metadata key of the JSON record this job writes into its outputs.
@@ -52,58 +55,7 @@ CHECKPOINT_SCHEMA = pa.schema(
 )
 
 SETTINGS_FILE = "settings.json"
-
-
-class ScoringInputError(ValueError):
-    """A problem with the job's input files or settings, reported before any model loads."""
-
-
-def batch_seed(seed: int, batch_index: int) -> int:
-    """The sampling seed of global batch ``batch_index``: a function of (seed, batch) only."""
-    return int(np.random.SeedSequence([seed, batch_index]).generate_state(1)[0])
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)``, fsync the file, then rename it onto ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_table(table: pa.Table, path: str | os.PathLike) -> None:
-    """Write ``table`` to ``path`` as parquet; the file appears complete or not at all.
-
-    Chunks are combined first so that the file's layout depends on the rows alone, not on how they
-    were assembled (a merged output is byte-identical to an unsharded one).
-    """
-    table = table.combine_chunks()
-    _atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+_BATCH_FILE = re.compile(r"batch-\d{7}\.parquet")
 
 
 @dataclass(frozen=True)
@@ -142,11 +94,11 @@ def plan_shard(num_rows: int, batch_size: int, num_shards: int = 1, shard_index:
     shards are empty.
     """
     if batch_size < 1:
-        raise ScoringInputError(f"batch size must be >= 1, got {batch_size}")
+        raise JobInputError(f"batch size must be >= 1, got {batch_size}")
     if num_shards < 1:
-        raise ScoringInputError(f"--num-shards must be >= 1, got {num_shards}")
+        raise JobInputError(f"--num-shards must be >= 1, got {num_shards}")
     if not 0 <= shard_index < num_shards:
-        raise ScoringInputError(f"--shard-index must be in [0, {num_shards}), got {shard_index}")
+        raise JobInputError(f"--shard-index must be in [0, {num_shards}), got {shard_index}")
     num_batches = -(-num_rows // batch_size)
     base, extra = divmod(num_batches, num_shards)
     start = shard_index * base + min(shard_index, extra)
@@ -167,19 +119,25 @@ class WorkDir:
         """Create the directory, or check that an existing one was made with the same settings.
 
         Other settings are refused once a batch is checkpointed; before that they replace the recorded
-        ones. With ``resume=False`` an existing work directory of this job is emptied first.
+        ones. With ``resume=False`` an existing work directory of this job is emptied first, as are
+        the remains of an interrupted removal. A directory holding anything else is never touched.
         """
         settings_path = self.path / SETTINGS_FILE
         settings = json.loads(json.dumps(settings))  # compare as recorded: tuples become lists
         if self.path.exists() and not self.path.is_dir():
-            raise ScoringInputError(f"work directory {self.path} is a file")
-        if self.path.exists() and any(self.path.iterdir()) and not settings_path.exists():
-            raise ScoringInputError(f"{self.path} exists and is not a scoring work directory; not touching it")
-        if self.path.exists() and not resume:
-            shutil.rmtree(self.path)
-        if settings_path.exists():
+            raise JobInputError(f"work directory {self.path} is a file")
+        if self.path.is_dir():
+            foreign = sorted(p.name for p in self.path.iterdir() if not _is_ours(p.name))
+            if foreign:
+                raise JobInputError(
+                    f"{self.path} exists and is not a scoring work directory (it holds {', '.join(foreign[:3])}); "
+                    "not touching it: choose another --work-dir"
+                )
+            if not resume or not settings_path.exists():
+                self.remove()
             for stale in self.path.glob(".*.tmp"):  # half-written by a killed run
                 stale.unlink(missing_ok=True)
+        if settings_path.exists():
             recorded = json.loads(settings_path.read_text(encoding="utf-8"))
             if recorded != settings and not self.has_batches():
                 # Nothing was sampled with the old settings (say the model failed to load): a
@@ -189,7 +147,7 @@ class WorkDir:
             if recorded != settings:
                 changed = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
                 details = "; ".join(f"{k}: checkpoint {recorded.get(k)!r}, now {settings.get(k)!r}" for k in changed)
-                raise ScoringInputError(
+                raise JobInputError(
                     f"cannot resume from {self.path}: its checkpoints were made with other settings ({details}). "
                     "Rerun with the original settings, pass --no-resume to discard the checkpoints, "
                     "or choose another --output."
@@ -218,7 +176,23 @@ class WorkDir:
             yield table
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Delete this job's files, ``settings.json`` last, then the directory if nothing else is in it."""
+        if not self.path.is_dir():
+            return
+        entries = list(self.path.iterdir())
+        if not all(_is_ours(p.name) for p in entries):
+            logger.warning("left %s in place: it holds files this job did not write", self.path)
+            return
+        for path in sorted(p for p in entries if p.name != SETTINGS_FILE):
+            path.unlink(missing_ok=True)
+        (self.path / SETTINGS_FILE).unlink(missing_ok=True)
+        self.path.rmdir()
+        fsync_dir(self.path.parent)
+
+
+def _is_ours(name: str) -> bool:
+    """A file the work directory may hold: the settings, a batch checkpoint, a temporary file."""
+    return name == SETTINGS_FILE or _BATCH_FILE.fullmatch(name) is not None or is_temp_name(name)
 
 
 def with_job_metadata(table: pa.Table, record: dict) -> pa.Table:
@@ -232,7 +206,7 @@ def read_job_metadata(path: str | os.PathLike) -> dict:
     """The job record of a file written by the scoring job."""
     metadata = pq.read_schema(path).metadata or {}
     if METADATA_KEY not in metadata:
-        raise ScoringInputError(f"{path} was not written by restrain-score-prompts (no {METADATA_KEY.decode()} metadata)")
+        raise JobInputError(f"{path} was not written by restrain-score-prompts (no {METADATA_KEY.decode()} metadata)")
     return json.loads(metadata[METADATA_KEY])
 
 
@@ -243,31 +217,31 @@ def merge_shards(shard_paths: list[str | os.PathLike], output: str | os.PathLike
     mixed). The result is the file an unsharded run with the same settings writes.
     """
     if not shard_paths:
-        raise ScoringInputError("merge needs at least one shard file")
+        raise JobInputError("merge needs at least one shard file")
     if any(Path(path).resolve() == Path(output).resolve() for path in shard_paths):
-        raise ScoringInputError(f"the merged output {output} must not be one of the shard files")
+        raise JobInputError(f"the merged output {output} must not be one of the shard files")
     records = []
     for path in shard_paths:
         if not Path(path).is_file():
-            raise ScoringInputError(f"shard file not found: {path}")
+            raise JobInputError(f"shard file not found: {path}")
         records.append(read_job_metadata(path))
     shard_infos = [record.pop("shard", None) for record in records]
     if any(info is None for info in shard_infos):
-        raise ScoringInputError("merge takes the shard files of a --num-shards run; one of the files is not a shard")
+        raise JobInputError("merge takes the shard files of a --num-shards run; one of the files is not a shard")
     if any(record != records[0] for record in records[1:]):
-        raise ScoringInputError("the shard files come from runs with different settings, inputs or file kinds")
+        raise JobInputError("the shard files come from runs with different settings, inputs or file kinds")
     num_shards = shard_infos[0]["num_shards"]
     indices = sorted(info["shard_index"] for info in shard_infos)
     if indices != list(range(num_shards)) or any(info["num_shards"] != num_shards for info in shard_infos):
-        raise ScoringInputError(f"need each of the {num_shards} shards exactly once, got shard indices {indices}")
+        raise JobInputError(f"need each of the {num_shards} shards exactly once, got shard indices {indices}")
     order = sorted(range(len(shard_paths)), key=lambda i: shard_infos[i]["shard_index"])
     row = 0
     for i in order:
         if shard_infos[i]["row_start"] != row:
-            raise ScoringInputError(f"shard {shard_infos[i]['shard_index']} starts at row {shard_infos[i]['row_start']}, expected {row}")
+            raise JobInputError(f"shard {shard_infos[i]['shard_index']} starts at row {shard_infos[i]['row_start']}, expected {row}")
         row = shard_infos[i]["row_stop"]
     if row != shard_infos[0]["num_rows"]:
-        raise ScoringInputError(f"the shards cover {row} of {shard_infos[0]['num_rows']} rows")
+        raise JobInputError(f"the shards cover {row} of {shard_infos[0]['num_rows']} rows")
     tables = [pq.read_table(shard_paths[i]) for i in order]
     merged = pa.concat_tables(tables)
     atomic_write_table(with_job_metadata(merged, records[0]), output)

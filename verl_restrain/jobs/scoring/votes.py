@@ -8,29 +8,22 @@ first) are exactly what the trainer would compute on the same samples.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from verl_restrain import defaults
+from verl_restrain.answers.kinds import answer_kind
 
 __all__ = [
     "ANSWER_COUNTS_TYPE",
-    "ANSWER_KINDS",
-    "CHOICE_DATA_SOURCES",
     "SAMPLES_SCHEMA",
-    "answer_kinds",
     "prompt_columns",
+    "row_kinds",
     "samples_table",
     "summarize",
     "vote_batch",
 ]
-
-ANSWER_KINDS = ("math", "choice")
-
-# Benchmarks whose answers are option letters; every other data_source is scored as "math".
-CHOICE_DATA_SOURCES = frozenset({"gpqa_diamond", "mmlu_stem"})
 
 # restrain_ref_answer_counts: every distinct answer of a prompt with its count, in order of first
 # appearance among the samples. The list item is named "element" as parquet names it on reading, so
@@ -49,32 +42,16 @@ SAMPLES_SCHEMA = pa.schema(
 )
 
 
-def answer_kinds(table: pa.Table, answer_kind: str = "auto", answer_kind_map: dict | None = None) -> list[str]:
-    """The answer kind ("math" or "choice") of every row of a verl dataset.
+def row_kinds(table: pa.Table, answer_kinds: Mapping[str, str] | None = None, default: str = "math") -> list[str]:
+    """The answer kind of every row of a verl dataset, by :func:`verl_restrain.answers.kinds.answer_kind`.
 
-    ``answer_kind`` "math" or "choice" applies to all rows. "auto" takes, in order: the row's
-    data_source in ``answer_kind_map``, the row's ``extra_info.kind`` (written by this package's
-    data preparation), "choice" for :data:`CHOICE_DATA_SOURCES`, else "math".
+    Each row's ``data_source`` and ``extra_info`` (None where the column is absent) go through the
+    one rule with the user's ``answer_kinds`` (data_source -> kind) and ``default``.
     """
-    if answer_kind != "auto":
-        return [answer_kind] * table.num_rows
-    answer_kind_map = answer_kind_map or {}
     rows = table.num_rows
     sources = table.column("data_source").to_pylist() if "data_source" in table.column_names else [None] * rows
-    extra_kinds: list[Any] = [None] * rows
-    if "extra_info" in table.column_names:
-        extra_type = table.schema.field("extra_info").type
-        if pa.types.is_struct(extra_type) and extra_type.get_field_index("kind") >= 0:
-            extra_kinds = pc.struct_field(table.column("extra_info"), "kind").to_pylist()
-    kinds = []
-    for source, extra_kind in zip(sources, extra_kinds):
-        if source in answer_kind_map:
-            kinds.append(answer_kind_map[source])
-        elif extra_kind in ANSWER_KINDS:
-            kinds.append(extra_kind)
-        else:
-            kinds.append("choice" if source in CHOICE_DATA_SOURCES else "math")
-    return kinds
+    extras = table.column("extra_info").to_pylist() if "extra_info" in table.column_names else [None] * rows
+    return [answer_kind(source, extra, answer_kinds, default) for source, extra in zip(sources, extras)]
 
 
 def vote_batch(
@@ -93,15 +70,15 @@ def vote_batch(
 
 
 def prompt_columns(
-    answers: Sequence[str | None], clusters: Sequence[int], n: int, sigma: float, center: float
+    answers: Sequence[str | None], clusters: Sequence[int], n: int
 ) -> tuple[dict[str, pa.Array], list[int]]:
-    """The five output columns of G prompts from their N = G * n samples, prompt by prompt.
+    """The four output columns of G prompts from their N = G * n samples, prompt by prompt.
 
     Args:
         answers: (N,) canonical answer of each sample, None when none; samples of prompt g at
             ``[g * n, (g + 1) * n)`` in sample order.
         clusters: (N,) cluster id of each sample within its prompt, -1 when no answer.
-        n, sigma, center: samples per prompt and the parameters of g.
+        n: samples per prompt.
 
     Returns:
         The columns keyed by their names in :mod:`verl_restrain.defaults`, and the (G,) cluster id
@@ -109,7 +86,7 @@ def prompt_columns(
     """
     import torch
 
-    from verl_restrain.advantage import count_votes, prompt_weight
+    from verl_restrain.advantage import count_votes
 
     if len(clusters) % n or len(answers) != len(clusters):
         raise ValueError(f"{len(clusters)} cluster ids and {len(answers)} answers do not make prompts of n={n}")
@@ -131,9 +108,7 @@ def prompt_columns(
     cluster_count = votes.cluster_count.tolist()
     for c in sorted(range(num_clusters), key=first_sample.__getitem__):
         counts[cluster_group[c]].append({"answer": cluster_answer[c], "count": cluster_count[c]})
-    weight = prompt_weight(votes.majority_count, n, sigma, center)  # (G,) float32
     columns = {
-        defaults.PROMPT_WEIGHT_COLUMN: pa.array(weight.numpy(), pa.float32()),
         defaults.REF_MAJORITY_COUNT_COLUMN: pa.array(votes.majority_count.numpy(), pa.int64()),
         defaults.REF_NUM_SAMPLES_COLUMN: pa.array([n] * num_prompts, pa.int64()),
         defaults.REF_MAJORITY_ANSWER_COLUMN: pa.array([cluster_answer[c] if c >= 0 else None for c in majority], pa.string()),
@@ -166,15 +141,14 @@ def samples_table(checkpoint: pa.Table, majority_id: Sequence[int]) -> pa.Table:
 
 
 def summarize(table: pa.Table) -> dict:
-    """Prompts scored, mean u_x, share of prompts with c_ref/n >= 0.5, share with no valid answer."""
-    weight = table.column(defaults.PROMPT_WEIGHT_COLUMN).to_numpy().astype("float64")
+    """Prompts scored and the distribution of c_ref/n: its mean, the share >= 0.5, the share with no valid answer."""
     count = table.column(defaults.REF_MAJORITY_COUNT_COLUMN).to_numpy()
     n = table.column(defaults.REF_NUM_SAMPLES_COLUMN).to_numpy()
     prompts = table.num_rows
     nan = float("nan")
     return {
         "prompts": prompts,
-        "mean_prompt_weight": float(weight.mean()) if prompts else nan,
+        "mean_majority_share": float((count / n).mean()) if prompts else nan,
         "share_majority_at_least_half": float((2 * count >= n).mean()) if prompts else nan,
         "share_no_valid_answer": float((count == 0).mean()) if prompts else nan,
     }
