@@ -79,6 +79,44 @@ def test_our_rows_sit_next_to_the_paper_and_average_needs_all_six(tmp_path):
     assert "| restrain | qwen3_4b_base_restrain | AIME25 | 10 | 16 | 30.0 ± 1.0 | 35.0 | 50.0 | 2.0 |" in text
 
 
+def test_every_method_has_its_row(tmp_path):
+    """Each preset and baseline the package ships lands in its table under its own name."""
+    full = {name: 0.1 * (i + 1) for i, name in enumerate(SIX)}
+    labels = ["rest_em", "rest_em_majority", "online_prompt_weight", "uniform_weighting"]
+    files = [write_result(tmp_path / f"{label}.json", label, full) for label in labels]
+    testtime = {"testtime_ttrl": 0.2, "ettrl": 0.3, "ettrl_ear_only": 0.25, "testtime_restrain": 0.4}
+    for label, p in testtime.items():
+        # one result per benchmark, as each test-time run trains on one benchmark
+        for i, name in enumerate(("aime24", "amc23", "math500")):
+            files.append(write_result(tmp_path / f"{label}_{name}.json", label, {name: p + 0.1 * i}))
+    assert tables.main([str(f) for f in files] + ["--output", str(tmp_path / "tables.md")]) == 0
+    text = (tmp_path / "tables.md").read_text(encoding="utf-8")
+    main = parse_rows(text, "## Main results")
+    assert main[("ReST-EM (gold filter)", "ours")][-1] == "35.0"
+    assert main[("ReST-EM (majority filter)", "ours")][-1] == "35.0"
+    order = [name for name, _ in main]
+    assert order.index("SRT") < order.index("ReST-EM (gold filter)") < order.index("RESTRAIN")
+    ablation = parse_rows(text, "## Ablations")
+    assert ablation[("online prompt weights (App. E)", "ours")][-1] == "35.0"
+    assert ablation[("uniform weighting", "ours")][-1] == "35.0"
+    testtime_rows = parse_rows(text, "## Test-time setting")
+    # AIME24, AMC23, MATH500, Avg. of 3; no paper rows in this table
+    assert testtime_rows == {
+        ("TTRL", "ours"): ["20.0", "30.0", "40.0", "30.0"],
+        ("ETTRL", "ours"): ["30.0", "40.0", "50.0", "40.0"],
+        ("ETTRL (reshaping only)", "ours"): ["25.0", "35.0", "45.0", "35.0"],
+        ("RESTRAIN", "ours"): ["40.0", "50.0", "60.0", "50.0"],
+    }
+    assert list(testtime_rows)[1:3] == [("ETTRL", "ours"), ("ETTRL (reshaping only)", "ours")]
+    # test-time runs stay out of the main table
+    assert not {name for name, _ in main} & {"testtime_ttrl", "ETTRL", "ettrl"}
+    assert ("TTRL", "ours") not in main
+
+
+def test_no_testtime_table_without_testtime_runs():
+    assert "Test-time" not in tables.build_tables({})
+
+
 def test_labels_merge_across_files_and_can_be_overridden(tmp_path):
     a = write_result(tmp_path / "a.json", None, {"aime25": 0.2})
     b = write_result(tmp_path / "b.json", "restrain", {"gpqa_diamond": 0.3})

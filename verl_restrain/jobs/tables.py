@@ -52,15 +52,38 @@ METHOD_NAMES = {
     "no_pseudo_label_weighting": "without pseudo-label weighting",
     "no_negative_penalization": "without negative penalization",
     "no_prompt_weighting": "without prompt weighting",
+    "online_prompt_weight": "online prompt weights (App. E)",
+    "rest_em": "ReST-EM (gold filter)",
+    "rest_em_majority": "ReST-EM (majority filter)",
+    "testtime_base": "Base model",
+    "testtime_ttrl": "TTRL",
+    "ettrl": "ETTRL",
+    "ettrl_ear_only": "ETTRL (reshaping only)",
+    "testtime_restrain": "RESTRAIN",
 }
-MAIN_METHODS = ("base", "grpo_gold", "ttrl", "srt", "srt_online", "srt_offline", "restrain")
+MAIN_METHODS = (
+    "base",
+    "grpo_gold",
+    "ttrl",
+    "srt",
+    "srt_online",
+    "srt_offline",
+    "rest_em",
+    "rest_em_majority",
+    "restrain",
+)
 ABLATION_METHODS = (
     "restrain",
     "no_pseudo_label_weighting",
     "uniform_weighting",
     "no_negative_penalization",
     "no_prompt_weighting",
+    "online_prompt_weight",
 )
+# The test-time setting: a model trains on one benchmark's own problems and is evaluated on them, so a
+# run of method m is labelled ``testtime_<m>`` (ETTRL exists only here) with one result per benchmark.
+TESTTIME_METHODS = ("testtime_base", "testtime_ttrl", "ettrl", "ettrl_ear_only", "testtime_restrain")
+TESTTIME_COLUMNS = {"aime24": "AIME24", "amc23": "AMC23", "math500": "MATH500"}
 
 # Pass@1 (%) the paper reports for Qwen3-4B-Base, transcribed as published. Absent keys are
 # columns not transcribed here and print as unknown. AVERAGE is the paper's average over the six
@@ -122,11 +145,13 @@ def pass_at_1(metrics: Mapping | None) -> float | None:
     return 100.0 * float(metrics["pass@1"])
 
 
-def row_values(benchmarks: Mapping[str, Mapping]) -> dict[str, float | None]:
-    """A run's Pass@1 (%) per table column, with the average over the six when all are known."""
-    values = {name: pass_at_1(benchmarks.get(name)) for name in BENCHMARK_COLUMNS}
+def row_values(
+    benchmarks: Mapping[str, Mapping], columns: Mapping[str, str] = BENCHMARK_COLUMNS
+) -> dict[str, float | None]:
+    """A run's Pass@1 (%) per table column, with the average over the columns when all are known."""
+    values = {name: pass_at_1(benchmarks.get(name)) for name in columns}
     known = [v for v in values.values() if v is not None]
-    values[AVERAGE] = sum(known) / len(known) if len(known) == len(BENCHMARK_COLUMNS) else None
+    values[AVERAGE] = sum(known) / len(known) if len(known) == len(columns) else None
     return values
 
 
@@ -154,10 +179,11 @@ def comparison_table(
     *,
     first_header: str,
     average_header: str = "Avg. of 6",
+    benchmark_columns: Mapping[str, str] = BENCHMARK_COLUMNS,
 ) -> str:
     """Rows for ``methods`` present in ``runs`` or ``paper``: the paper's numbers, then ours."""
-    header = [first_header, "Source", *BENCHMARK_COLUMNS.values(), average_header]
-    columns = [*BENCHMARK_COLUMNS, AVERAGE]
+    header = [first_header, "Source", *benchmark_columns.values(), average_header]
+    columns = [*benchmark_columns, AVERAGE]
     rows = []
     shown_paper: set[str] = set()
     for method in methods:
@@ -169,7 +195,7 @@ def comparison_table(
             paper_name = METHOD_NAMES.get(paper_key, paper_key)
             rows.append([paper_name, f"paper ({PAPER_MODEL})", *(format_cell(reported.get(c)) for c in columns)])
         if method in runs:
-            values = row_values(runs[method])
+            values = row_values(runs[method], benchmark_columns)
             rows.append([name, "ours", *(format_cell(values[c]) for c in columns)])
     return markdown_table(header, rows)
 
@@ -204,10 +230,13 @@ def _percent(value: float | None) -> float | None:
 
 
 def build_tables(runs: Mapping[str, Mapping[str, Mapping]], *, with_paper: bool = True) -> str:
-    """The main table, the ablation table and the per-run details, as one markdown document."""
+    """The main and ablation tables, the test-time table (when a ``testtime_*`` or ETTRL run is given)
+    and the per-run details, as one markdown document. Labels outside the known methods join the main
+    table."""
     labels = list(runs)
+    testtime = [m for m in TESTTIME_METHODS if m in labels]
     main_methods = ordered_labels([*labels, *(PAPER_MAIN if with_paper else ())], MAIN_METHODS)
-    main_methods = [m for m in main_methods if m not in ABLATION_METHODS or m == "restrain"]
+    main_methods = [m for m in main_methods if (m not in ABLATION_METHODS or m == "restrain") and m not in testtime]
     ablations = [m for m in ABLATION_METHODS if m in labels or (with_paper and m in PAPER_ABLATION)]
     paper_main = PAPER_MAIN if with_paper else None
     # RESTRAIN's benchmark columns are the main table's (same model and method); its ablation "Avg."
@@ -219,10 +248,19 @@ def build_tables(runs: Mapping[str, Mapping[str, Mapping]], *, with_paper: bool 
         comparison_table(runs, main_methods, paper_main, first_header="Method"),
         "## Ablations (Pass@1, %)",
         comparison_table(runs, ablations, paper_ablation, first_header="Ablation", average_header="Avg."),
+    ]
+    if testtime:
+        parts += [
+            "## Test-time setting (Pass@1, %, trained and evaluated on each benchmark's own problems)",
+            comparison_table(
+                runs, testtime, None, first_header="Method", average_header="Avg. of 3", benchmark_columns=TESTTIME_COLUMNS
+            ),
+        ]
+    parts += [
         "## Per-run details",
         details_table(runs) if runs else "(no results)",
         f"{UNKNOWN} = not known: the paper's column is not transcribed here, or the run was not evaluated "
-        "on it. Our averages are the mean over all six benchmarks and need all six. The paper's ablation "
+        "on it. Our averages are the mean over the table's benchmarks and need all of them. The paper's ablation "
         "\"Avg.\" is copied as published (it is not the mean of the three columns shown).",
     ]
     return "\n\n".join(parts) + "\n"
