@@ -29,7 +29,7 @@ from verl_restrain.advantage import RestrainStep, fixed_label_answer_ids, prompt
 from verl_restrain.diagnostics import METRIC_PREFIX, step_metrics
 from verl_restrain.entropy import reshape_advantage
 
-__all__ = ["Vote", "restrain_advantage_step", "rollout_answer_ids", "session_key", "vote", "write_advantages"]
+__all__ = ["Vote", "clustered_predictions", "restrain_advantage_step", "rollout_answer_ids", "session_key", "vote", "write_advantages"]
 
 CLUSTER_THREADS = 8
 """Prompt groups clustered concurrently; sympy comparisons run in ``answers``' worker processes."""
@@ -320,3 +320,26 @@ def restrain_advantage_step(
         is_padding=is_padding,
     )
     return {**result.metrics, **write_advantages(data, keys, result, restrain)}
+
+
+def clustered_predictions(uids: Sequence[Any], preds: Sequence[Any], kinds: Sequence[Any]) -> list[Any]:
+    """Each prompt's predictions with equivalent answers written alike, for verl's maj@k.
+
+    verl's ``calc_maj_val`` votes by exact ``pred``, so ``0.5``, ``1/2`` and ``\\frac{1}{2}`` would be
+    three votes. Within each uid, every answer is replaced by the written form of its cluster's first
+    member (:func:`verl_restrain.answers.cluster_extracted`), the vote the trainer takes; "" and None
+    (no answer) are kept as they are.
+    """
+    rows_of: dict[Any, list[int]] = {}
+    for i, uid in enumerate(uids):
+        rows_of.setdefault(uid, []).append(i)
+    result = list(preds)
+    for rows in rows_of.values():
+        kind = kinds[rows[0]] or "math"
+        answered = [i for i in rows if isinstance(preds[i], str) and preds[i]]
+        cluster_ids = answers.cluster_extracted([preds[i] for i in answered], kind)
+        first_form: dict[int, str] = {}
+        for i, cluster in zip(answered, cluster_ids, strict=True):
+            result[i] = first_form.setdefault(cluster, preds[i])
+    return result
+

@@ -50,7 +50,7 @@ from verl_restrain.adapters.actor_loss import NEGATIVE_FIELD, POSITIVE_FIELD, pe
 from verl_restrain.adapters.checks import validate_training_config
 from verl_restrain.adapters.registration import registered
 from verl_restrain.adapters.settings import ESTIMATOR_NAME, SCORING_COMMAND
-from verl_restrain.adapters.step import Vote, session_key, vote, write_advantages
+from verl_restrain.adapters.step import Vote, clustered_predictions, session_key, vote, write_advantages
 
 __all__ = ["RestrainColocateAsyncTrainer", "RestrainTrainer"]
 
@@ -195,6 +195,16 @@ class RestrainAdvantageMixin:
             return super()._update_actor(batch, metrics)
         with self._rows_per_prompt_in_updates():
             return super()._update_actor(batch, metrics)
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def _val_metrics_update(self, data_sources, sample_uids, reward_extra_infos_dict, *args, **kwargs):
+        """verl's validation metrics, with maj@k voting on answer clusters (the ``restrain`` reward
+        manager's ``pred`` and ``kind``) rather than on written forms."""
+        infos = reward_extra_infos_dict
+        if "pred" in infos and "kind" in infos and len(infos["pred"]) == len(sample_uids):
+            infos = {**infos, "pred": clustered_predictions(sample_uids, infos["pred"], infos["kind"])}
+        return super()._val_metrics_update(data_sources, sample_uids, infos, *args, **kwargs)
 
     # -- the advantage step --------------------------------------------------------------------
 
