@@ -72,7 +72,10 @@ def test_readme_pipeline_at_toy_scale(tmp_path):
     scored = data / "dapo_math_14k.scored.tiny-base.parquet"
     assert score_main(["--input", str(data / "dapo_math_14k.parquet"), "--output", str(scored),
                        "--model", str(model), "--engine", "hf", "--n", "4", "--max-new-tokens", "8", "--quiet"]) == 0
-    assert defaults.PROMPT_WEIGHT_COLUMN in pq.read_schema(scored).names
+    # the vote counts training derives u_x from, with the run's own sigma; no baked-in u_x column
+    names = pq.read_schema(scored).names
+    assert {defaults.REF_MAJORITY_COUNT_COLUMN, defaults.REF_NUM_SAMPLES_COLUMN} <= set(names)
+    assert defaults.PROMPT_WEIGHT_COLUMN not in names
 
     # 3. the recipe (dry run): scoring is skipped, the scored file is trained on, and the command
     #    passes verl's validate_config and validate_training_config (which reads the real file).
