@@ -288,3 +288,11 @@ def test_python_m_after_a_real_scoring_run(tmp_path, tiny_model_dir):
     prompts = pq.read_table(scored).column("prompt").to_pylist()
     for (p, s), messages in zip(kept(table), table.column("messages").to_pylist()):
         assert messages == prompts[p] + [{"role": "assistant", "content": responses[(p, s)]}]
+
+
+def test_prompt_messages_with_other_keys_are_refused(tmp_path, tiny_model_dir, capsys):
+    rows = [row("2+2?", "4"), {**row("3+3?", "6"), "prompt": [{"role": "user", "content": "3+3?", "name": "x"}]}]
+    scored, samples, _ = scoring_run(tmp_path, tiny_model_dir, rows, [["\\boxed{4}"], ["\\boxed{6}"]])
+    code, err = error_of(["--samples", str(samples), "--prompts", str(scored), "--output", str(tmp_path / "o.parquet")],
+                         capsys)
+    assert code == 2 and "row 1 of" in err and "message keys name are not carried" in err

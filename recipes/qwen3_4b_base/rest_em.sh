@@ -9,8 +9,8 @@
 # only; the previous round's model only samples. KEEP=majority is the label-free variant (the
 # prompt's majority answer instead of the gold one; its results are labelled rest_em_majority).
 #
-# Defaults from ReST-EM on MATH: 32 samples per prompt at temperature 1, at most 10 kept per
-# prompt, 3 rounds. The SFT settings are this project's choice for full fine-tuning of a 4B model
+# Defaults from ReST-EM on MATH: 32 samples per prompt, at most 10 kept per prompt, 3 rounds
+# (sampling at temperature 1, top-p 1, common.sh's scoring defaults). The SFT settings are this project's choice for full fine-tuning of a 4B model
 # on one 8-GPU node: lr 1e-5 with cosine decay after 3% warmup, 2 epochs, verl's default 256
 # examples per step, sequences up to MAX_PROMPT_LENGTH + MAX_RESPONSE_LENGTH tokens.
 #

@@ -267,7 +267,9 @@ def _messages(chat: list[dict], row: int, path: str, key: str) -> list[dict]:
             f"row {row} of {path}, column {key!r}: message keys {', '.join(extra)} are not carried into the SFT "
             "messages (only role and content are)"
         )
-    return [{"role": str(m["role"]), "content": str(m["content"])} for m in chat]
+    if not all(isinstance(m["role"], str) and isinstance(m["content"], str) for m in chat):
+        raise JobInputError(f"row {row} of {path}, column {key!r}: a message's role or content is not text")
+    return [{"role": m["role"], "content": m["content"]} for m in chat]
 
 
 def summarize(num_prompts: int, prompt: np.ndarray, passes: np.ndarray, kept: np.ndarray) -> dict:
