@@ -53,6 +53,7 @@ setup(
         "console_scripts": [
             "restrain-sandbox = verl_restrain.sandbox.cli:main",
             "restrain-score-prompts = verl_restrain.jobs.scoring.cli:main",
+            "restrain-filter-samples = verl_restrain.jobs.filter_samples:main",
             "restrain-prepare-data = verl_restrain.data.prepare:main",
             "restrain-evaluate = verl_restrain.jobs.evaluation:main",
             "restrain-make-tables = verl_restrain.jobs.tables:main",

@@ -1,4 +1,5 @@
-"""The jobs: sampling engines (``generation``), offline prompt scoring (``scoring/``), evaluation and tables.
+"""The jobs: sampling engines (``generation``), offline prompt scoring (``scoring/``), ReST-EM's sample
+filtering (``filter_samples``), evaluation and tables.
 
 What they share lives here once: the sampling settings and their checks (``config``), command lines
 generated from config dataclasses (``arguments``) and the durable atomic write (``files``, also used
