@@ -9,10 +9,11 @@
 # only; the previous round's model only samples. KEEP=majority is the label-free variant (the
 # prompt's majority answer instead of the gold one; its results are labelled rest_em_majority).
 #
-# Defaults from ReST-EM on MATH: 32 samples per prompt, at most 10 kept per prompt, 3 rounds
-# (sampling at temperature 1, top-p 1, common.sh's scoring defaults). The SFT settings are this project's choice for full fine-tuning of a 4B model
-# on one 8-GPU node: lr 1e-5 with cosine decay after 3% warmup, 2 epochs, verl's default 256
-# examples per step, sequences up to MAX_PROMPT_LENGTH + MAX_RESPONSE_LENGTH tokens.
+# Defaults from ReST-EM on MATH: 32 samples per prompt, at most 10 kept per prompt; 3 rounds (our
+# reading of its MATH iterations); sampling at temperature 1, top-p 1 (common.sh's scoring
+# defaults). The SFT settings are this project's choice for full fine-tuning of a 4B model on one
+# 8-GPU node: lr 1e-5 with cosine decay after 3% warmup, 2 epochs, verl's default 256 examples per
+# step, sequences up to MAX_PROMPT_LENGTH + MAX_RESPONSE_LENGTH tokens.
 #
 # Files: round r's samples and SFT data under REST_EM_DIR/round_<r>/, its checkpoints under
 # CKPT_DIR/round_<r>/ with the final model at CKPT_DIR/round_<r>/huggingface, its evaluation at
