@@ -39,6 +39,7 @@ __all__ = [
     "KINDS",
     "SYMPY_BUDGET_S",
     "answer_kind",
+    "check_kind",
     "canonicalize",
     "cluster_answers",
     "cluster_extracted",

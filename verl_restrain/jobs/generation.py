@@ -1,8 +1,7 @@
 """Sampling engines shared by offline prompt scoring and evaluation.
 
-A prompt is a chat (a list of ``{"role", "content"}`` messages, the ``prompt`` column of a verl
-dataset). :func:`render_prompts` turns chats into the exact text verl 0.9.1 feeds the rollout
-engine during training; a :class:`Sampler` turns rendered prompts into n sampled completions each.
+A :class:`Sampler` turns prompts rendered as verl renders them (:mod:`verl_restrain.jobs.prompts`)
+into n sampled completions each.
 
 Two engines implement :class:`Sampler`:
 
@@ -21,8 +20,9 @@ model's own ``generation_config`` does not override them); generation stops at t
 tokens. ``temperature=0`` means greedy decoding, each prompt's completion repeated n times.
 
 :func:`load_sampler` picks the engine: ``auto`` is vLLM when it imports and a GPU is visible.
-:func:`check_engine` and :func:`check_model` report a missing vLLM or an unloadable ``--model`` before
-anything loads.
+:func:`check_engine` and :func:`verl_restrain.jobs.models.check_model` report a missing vLLM or an
+unloadable ``--model`` before anything loads. The prompt and model helpers are importable from here
+too.
 """
 
 from __future__ import annotations
@@ -30,18 +30,18 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import re
 import signal
 import threading
-from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
-import numpy as np
+from verl_restrain.jobs.models import HUB_ID, check_model
+from verl_restrain.jobs.prompts import as_chat, load_tokenizer, prompt_seed, render_prompts, tokenize_prompts
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ENGINES",
+    "HUB_ID",
     "HFSampler",
     "Sampler",
     "VLLMSampler",
@@ -61,20 +61,11 @@ __all__ = [
 
 ENGINES = ("auto", "vllm", "hf")
 
-# A Hugging Face hub id: ``org/name``.
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-# Files that hold a Hugging Face model's weights (safetensors, torch, sharded indices, TF, Flax, GGUF).
-_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.index.json", "*.h5", "*.msgpack", "*.gguf")
-
 # KV cache of vLLM's CPU backend when no size is given (see vllm_engine_defaults).
 CPU_KV_CACHE_BYTES = 4 << 30
 
 VLLM_INSTALL_HINT = 'pip install -e ".[vllm]"'
 VLLM_CPU_VENV_HINT = "bash scripts/make_vllm_cpu_venv.sh"
-
-# Keys of ``data.apply_chat_template_kwargs`` that verl drops because it sets them itself.
-_RESERVED_TEMPLATE_KWARGS = ("tokenize", "return_dict", "return_tensors", "add_generation_prompt")
 
 
 class Sampler(Protocol):
@@ -97,77 +88,6 @@ class Sampler(Protocol):
         The result depends only on the arguments (and the engine and model), never on earlier calls.
         """
         ...
-
-
-def as_chat(prompt: Any) -> list[dict]:
-    """A dataset prompt as a list of message dicts (numpy arrays from pandas become lists).
-
-    Raises ValueError when it is not a non-empty list of ``{"role", "content"}`` dicts.
-    """
-    if isinstance(prompt, np.ndarray):
-        prompt = prompt.tolist()
-    if not isinstance(prompt, (list, tuple)) or not prompt or not all(isinstance(m, dict) for m in prompt):
-        raise ValueError(f"not a chat (a non-empty list of {{'role', 'content'}} messages): {prompt!r:.200}")
-    for message in prompt:
-        if "role" not in message or "content" not in message:
-            raise ValueError(f"a message without 'role'/'content': {message!r:.200}")
-    return [dict(message) for message in prompt]
-
-
-def render_prompts(
-    messages_list: Sequence[Any],
-    tokenizer: Any,
-    apply_chat_template_kwargs: dict | None = None,
-) -> list[str]:
-    """Render chats exactly as verl 0.9.1 renders a dataset prompt for training rollouts.
-
-    verl's agent loop (``SingleTurnAgentLoop`` through ``ContinuousTokenBuilder.build_initial_tokens``)
-    calls ``verl.utils.tokenizer.chat_template.apply_chat_template(tokenizer, messages,
-    tokenize=True, add_generation_prompt=True, tools=None, **data.apply_chat_template_kwargs)``. This
-    calls the same helper with ``tokenize=False``; tokenizing the text with
-    ``add_special_tokens=False`` (:func:`tokenize_prompts`) gives the same ids, since transformers
-    renders the text and tokenizes it that way. No system prompt is added beyond what the chat
-    template itself adds.
-
-    Args:
-        messages_list: one chat per prompt, each a list of ``{"role", "content"}`` dicts.
-        tokenizer: a Hugging Face tokenizer with a chat template.
-        apply_chat_template_kwargs: verl's ``data.apply_chat_template_kwargs`` (for example
-            ``{"enable_thinking": False}``); ``tokenize``/``return_dict``/``return_tensors`` are
-            ignored as in verl.
-    """
-    from verl.utils.tokenizer.chat_template import apply_chat_template
-
-    kwargs = {k: v for k, v in (apply_chat_template_kwargs or {}).items() if k not in _RESERVED_TEMPLATE_KWARGS}
-    rendered = []
-    for position, chat in enumerate(messages_list):
-        try:
-            messages = as_chat(chat)
-        except ValueError as error:
-            raise ValueError(f"prompt {position}: {error}") from None
-        rendered.append(apply_chat_template(tokenizer, messages, tokenize=False, add_generation_prompt=True, **kwargs))
-    return rendered
-
-
-def tokenize_prompts(prompts: Sequence[str], tokenizer: Any) -> list[list[int]]:
-    """Token ids of rendered prompts, as verl's rollout sees them (no special tokens added)."""
-    return [list(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
-
-
-def prompt_seed(seed: int, position: int) -> int:
-    """A 32-bit sampling seed for the prompt at ``position`` of a call seeded with ``seed``."""
-    return int(np.random.SeedSequence([seed, position]).generate_state(1)[0])
-
-
-def load_tokenizer(model: str, *, trust_remote_code: bool = False) -> Any:
-    """The model's tokenizer, with left padding and a pad token (EOS when the model has none)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def _vllm_importable() -> bool:
@@ -212,87 +132,6 @@ def check_engine(engine: str) -> str:
     if resolved == "vllm" and not _vllm_importable():
         raise ValueError(_missing_vllm_message())
     return resolved
-
-
-def _has_weights(folder: Path) -> bool:
-    return any(next(folder.glob(pattern), None) is not None for pattern in _WEIGHT_PATTERNS)
-
-
-def _is_verl_actor(folder: Path) -> bool:
-    """An FSDP checkpoint's ``actor`` folder: sharded weights and verl's ``fsdp_config.json``."""
-    shards = next(folder.glob("model_world_size_*_rank_*.pt"), None)
-    return shards is not None or (folder / "fsdp_config.json").is_file()
-
-
-def _latest_step(root: Path) -> Path | None:
-    """The ``global_step_N`` folder verl's ``latest_checkpointed_iteration.txt`` names, else the highest N."""
-    latest = root / "latest_checkpointed_iteration.txt"
-    if latest.is_file():
-        step = root / f"global_step_{latest.read_text(encoding='utf-8').strip()}"
-        if step.is_dir():
-            return step
-    steps = [p for p in root.glob("global_step_*") if p.is_dir() and p.name[len("global_step_") :].isdigit()]
-    return max(steps, key=lambda p: int(p.name[len("global_step_") :]), default=None)
-
-
-def _verl_actor_of(path: Path) -> Path | None:
-    """The actor folder of the verl checkpoint ``path`` points into, or None when it is not one.
-
-    ``path`` may be the checkpoint root (``trainer.default_local_dir``, latest step taken), a
-    ``global_step_N`` folder, its ``actor`` folder or ``actor/huggingface``.
-    """
-    if _is_verl_actor(path):
-        return path
-    if _is_verl_actor(path / "actor"):
-        return path / "actor"
-    if path.name == "huggingface" and _is_verl_actor(path.parent):
-        return path.parent
-    step = _latest_step(path)
-    if step is not None and _is_verl_actor(step / "actor"):
-        return step / "actor"
-    return None
-
-
-def check_model(model: str) -> None:
-    """Fail early, with the fix, when ``model`` is neither a loadable Hugging Face folder nor a hub id.
-
-    A local folder needs a ``config.json`` and weight files. verl 0.9.1's FSDP checkpoint manager
-    saves ``<trainer.default_local_dir>/global_step_N/actor/`` with the sharded weights
-    ``model_world_size_W_rank_R.pt``, ``fsdp_config.json`` and ``huggingface/``, which holds the
-    config and tokenizer but the weights only when ``checkpoint.save_contents`` includes ``hf_model``.
-    Pointed anywhere into such a checkpoint (the root, ``global_step_N``, ``actor`` or a weightless
-    ``actor/huggingface``), the error gives the merger command that writes a Hugging Face folder. A
-    path that does not exist is accepted when it looks like a hub id (``org/name``).
-
-    Raises:
-        FileNotFoundError: a local path that does not exist and is not a hub id.
-        ValueError: an existing path that is not a loadable model folder.
-    """
-    path = Path(model).expanduser()
-    if not path.exists():
-        if model.startswith((".", "/", "~")) or not HUB_ID.match(model):
-            raise FileNotFoundError(
-                f"model folder not found: {model} (expected a Hugging Face model folder or a hub id such as "
-                "Qwen/Qwen3-4B-Base)"
-            )
-        return
-    if not path.is_dir():
-        raise ValueError(f"--model {model} is a file; expected a model folder or a hub id")
-    if (path / "config.json").is_file() and _has_weights(path):
-        return
-    actor = _verl_actor_of(path)
-    if actor is not None:
-        saved_hf = actor / "huggingface"
-        hint = ""
-        if saved_hf != path and (saved_hf / "config.json").is_file() and _has_weights(saved_hf):
-            hint = f", or pass --model {saved_hf}, which holds the full weights"
-        raise ValueError(
-            f"{model} is a verl checkpoint, not a Hugging Face model folder; convert it first with "
-            f"`python -m verl.model_merger merge --backend fsdp --local_dir {actor} --target_dir <hf_dir>`{hint}"
-        )
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{model} is not a Hugging Face model folder (no config.json)")
-    raise ValueError(f"{model} has a config.json but no weight files ({', '.join(_WEIGHT_PATTERNS)})")
 
 
 def default_tensor_parallel_size(num_gpus: int, num_attention_heads: int | None) -> int:
