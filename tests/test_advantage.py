@@ -407,7 +407,7 @@ def test_masked_tokens_never_matter(batch, params, length):
 
 
 @pytest.mark.parametrize(
-    "module", ["advantage", "methods", "defaults", "answers", "diagnostics"]
+    "module", ["advantage", "votes", "loss", "entropy", "methods", "defaults", "answers", "diagnostics"]
 )
 def test_math_modules_import_no_verl(module):
     code = (
