@@ -48,6 +48,24 @@ def tokenizer():
 
 
 @pytest.fixture(scope="module")
+def transfer_queue():
+    """TransferQueue with one storage unit (verl's default of 8 actors deadlocks a 2-CPU Ray), on a
+    local Ray instance started here unless one is running."""
+    ray = pytest.importorskip("ray")
+    import transfer_queue as tq
+    from omegaconf import OmegaConf
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
+    yield tq
+    tq.close()
+    if started_ray:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
 def verl_cpu_session(tmp_path_factory):
     """verl's v1 loop on CPU (``tests/verl_cpu``): one Ray instance, started as verl's ``run_ppo`` starts
     it, with a tiny model and the scripted datasets (``tests/e2e_script.py``), shared by a module's runs."""

@@ -2,8 +2,6 @@
 
 import importlib.util
 import math
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -265,14 +263,6 @@ def test_dual_clip_bound_must_exceed_one():
     with pytest.raises(ValueError, match="clip_ratio_c must be > 1"):
         restrain_policy_loss(ones, ones, ones, -ones, ones.bool(), clip_ratio_low=0.2, clip_ratio_high=0.2,
                              clip_ratio_c=1.0)
-
-
-def test_loss_module_imports_no_verl():
-    code = (
-        "import sys; import verl_restrain.loss; "
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('verl', 'ray', 'vllm')]; assert not bad, bad"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_benchmark_script_runs_at_toy_scale():

@@ -100,8 +100,8 @@ class ScriptedServer:
         return TokenOutput(token_ids=[1], stop_reason="completed", extra_fields=extra_fields)
 
 
-class ScriptedClient(LLMServerClient):
-    """verl's client, routed to the scripted server; records each request's routing id."""
+class ScriptedRouting:
+    """Routes one of verl's clients to the scripted server; records each request's routing id."""
 
     def __init__(self, config, server):
         super().__init__(config, load_balancer_handle=None)
@@ -115,17 +115,12 @@ class ScriptedClient(LLMServerClient):
         pass
 
 
-class ScriptedAsyncClient(FullyAsyncLLMServerClient):
-    def __init__(self, config, server):
-        super().__init__(config, load_balancer_handle=None)
-        self.server, self.routes = server, []
+class ScriptedClient(ScriptedRouting, LLMServerClient):
+    """verl's client on the scripted server."""
 
-    async def _acquire_server(self, request_id, **extra):
-        self.routes.append(request_id)
-        return "replica-0", self.server
 
-    def _release_server(self, server_id, request_id=None):
-        pass
+class ScriptedAsyncClient(ScriptedRouting, FullyAsyncLLMServerClient):
+    """verl's fully asynchronous client on the scripted server."""
 
 
 @pytest.fixture(scope="module")
@@ -349,22 +344,6 @@ def test_registered_and_instantiated_as_verl_does(config, tokenizer):
 # --------------------------------------------------------------------------------------------
 # Through verl's own session fan-out, TransferQueue and reward scoring, on to the vote.
 # --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def transfer_queue():
-    ray = pytest.importorskip("ray")
-    import transfer_queue as tq
-    from omegaconf import OmegaConf
-
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
-    yield tq
-    tq.close()
-    if started_ray:
-        ray.shutdown()
-
-
 class ScriptedRewardWorker:
     """A reward-loop worker: scores the one output it is sent by that output's own last token."""
 

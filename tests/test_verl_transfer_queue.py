@@ -18,22 +18,6 @@ from verl_restrain.adapters.trainer import RestrainColocateAsyncTrainer, Restrai
 
 
 @pytest.fixture(scope="module")
-def transfer_queue():
-    ray = pytest.importorskip("ray")
-    import transfer_queue as tq
-    from omegaconf import OmegaConf
-
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
-    yield tq
-    tq.close()
-    if started_ray:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def records():
     from verl.trainer.ppo.reward import load_reward_manager
 
