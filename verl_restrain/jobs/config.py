@@ -4,19 +4,33 @@
 answer-kind rule (:func:`verl_restrain.answers.kinds.answer_kind`), and checks them all in
 ``__post_init__``: a bad value raises :class:`JobInputError` naming its command-line flag, before
 anything loads. Each job's config subclasses it (keyword-only fields) and may change a default.
+:func:`progress_field` is the ``--progress/--quiet`` field of every job config; :func:`read_parquet` reads a
+job's input file, reporting a missing or unreadable one as a :class:`JobInputError`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from verl_restrain.answers.kinds import KINDS, answer_kind
 from verl_restrain.jobs.generation import ENGINES, check_model
 
-__all__ = ["DEFAULT_BATCH_SIZE", "JobInputError", "SamplingConfig", "batch_seed", "flag", "override"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "JobInputError",
+    "SamplingConfig",
+    "batch_seed",
+    "flag",
+    "override",
+    "progress_field",
+    "read_parquet",
+]
 
 # Prompts per generate call when batch_size is not set. vLLM schedules a batch's sequences itself,
 # so large batches keep the GPUs busy; HF generate pads a batch to its longest prompt, so small ones
@@ -29,6 +43,28 @@ ANSWERS = "answers"
 
 class JobInputError(ValueError):
     """A problem with a job's input files or settings, reported before any model loads."""
+
+
+def read_parquet(path: str, what: str) -> pa.Table:
+    """The parquet file ``path``, the job's ``what`` (``input``, ``--samples``, ...)."""
+    if not Path(path).is_file():
+        raise JobInputError(f"{what} file not found: {path}")
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as error:
+        raise JobInputError(f"cannot read {path} as parquet: {error}") from None
+
+
+def progress_field() -> Any:
+    """The ``--progress/--quiet`` field of a job config (on by default)."""
+    return field(
+        default=True,
+        metadata={
+            "help": "show a progress bar and the summary",
+            "negative_flags": ("--quiet",),
+            "negative_help": "no progress bar and no summary (also --quiet)",
+        },
+    )
 
 
 def flag(name: str) -> str:
@@ -109,14 +145,7 @@ class SamplingConfig:
         default="math",
         metadata={"help": "answer kind (math or choice) of a row nothing else decides", "metavar": "KIND", "group": ANSWERS},
     )
-    progress: bool = field(
-        default=True,
-        metadata={
-            "help": "show a progress bar and the summary",
-            "negative_flags": ("--quiet",),
-            "negative_help": "no progress bar and no summary (also --quiet)",
-        },
-    )
+    progress: bool = progress_field()
 
     def __post_init__(self) -> None:
         self.validate()

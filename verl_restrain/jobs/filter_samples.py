@@ -35,12 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from verl_restrain import __version__, defaults
 from verl_restrain.jobs.arguments import build_parser as parser_for
 from verl_restrain.jobs.arguments import config_from_args
-from verl_restrain.jobs.config import JobInputError
+from verl_restrain.jobs.config import JobInputError, progress_field, read_parquet
 from verl_restrain.jobs.files import WriteError, atomic_write_table, check_writable, remove_stale_temps
 from verl_restrain.jobs.generation import as_chat
 
@@ -115,14 +114,7 @@ class FilterConfig:
             "its samples (RESTRAIN's kappa/n; 0 keeps every majority)",
         },
     )
-    progress: bool = field(
-        default=True,
-        metadata={
-            "help": "show a progress bar and the summary",
-            "negative_flags": ("--quiet",),
-            "negative_help": "no progress bar and no summary (also --quiet)",
-        },
-    )
+    progress: bool = progress_field()
 
     def __post_init__(self) -> None:
         if self.keep not in KEEP_MODES:
@@ -137,20 +129,14 @@ class FilterConfig:
             )
 
 
-def _read_table(path: str, flag: str) -> pa.Table:
-    if not Path(path).is_file():
-        raise JobInputError(f"{flag} file not found: {path}")
-    try:
-        return pq.read_table(path)
-    except (OSError, pa.ArrowException) as error:
-        raise JobInputError(f"cannot read {path} ({flag}) as parquet: {error}") from None
-
-
 def _scoring_record(path: str) -> dict | None:
-    from verl_restrain.jobs.scoring.io import METADATA_KEY as SCORING_KEY
+    """The scoring job's record of ``path``, None when the scoring job did not write it."""
+    from verl_restrain.jobs.scoring.io import read_job_metadata
 
-    metadata = pq.read_schema(path).metadata or {}
-    return json.loads(metadata[SCORING_KEY]) if SCORING_KEY in metadata else None
+    try:
+        return read_job_metadata(path)
+    except JobInputError:
+        return None
 
 
 def read_inputs(config: FilterConfig) -> tuple[pa.Table, pa.Table, dict]:
@@ -158,7 +144,7 @@ def read_inputs(config: FilterConfig) -> tuple[pa.Table, pa.Table, dict]:
     from verl_restrain.jobs.scoring.job import file_sha256
     from verl_restrain.jobs.scoring.votes import SAMPLES_SCHEMA
 
-    samples = _read_table(config.samples, "--samples")
+    samples = read_parquet(config.samples, "--samples")
     record = _scoring_record(config.samples)
     if record is None or record.get("kind") != "samples":
         raise JobInputError(
@@ -172,7 +158,7 @@ def read_inputs(config: FilterConfig) -> tuple[pa.Table, pa.Table, dict]:
     for name in SAMPLES_SCHEMA.names:
         if name not in samples.column_names or samples.schema.field(name).type != SAMPLES_SCHEMA.field(name).type:
             raise JobInputError(f"{config.samples} has no {name!r} column of type {SAMPLES_SCHEMA.field(name).type}")
-    prompts = _read_table(config.prompts, "--prompts")
+    prompts = read_parquet(config.prompts, "--prompts")
     prompts_record = _scoring_record(config.prompts)
     if prompts_record is not None:
         if {**prompts_record, "kind": "samples"} != record:

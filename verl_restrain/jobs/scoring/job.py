@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from verl_restrain import __version__
-from verl_restrain.jobs.config import JobInputError, batch_seed
+from verl_restrain.jobs.config import JobInputError, batch_seed, read_parquet
 from verl_restrain.jobs.files import WriteError, atomic_write_table, check_writable, remove_stale_temps
 from verl_restrain.jobs.generation import as_chat, check_engine, load_sampler, load_tokenizer, render_prompts
 from verl_restrain.jobs.scoring.config import ScoringConfig
@@ -85,13 +85,7 @@ def finished_output(path: str | None, record: dict) -> bool:
 
 def read_input(config: ScoringConfig) -> pa.Table:
     """The input table, checked to be readable, non-empty and to have the prompt column."""
-    path = Path(config.input)
-    if not path.is_file():
-        raise JobInputError(f"input file not found: {config.input}")
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowException) as error:
-        raise JobInputError(f"cannot read {config.input} as parquet: {error}") from error
+    table = read_parquet(config.input, "input")
     if config.prompt_key not in table.column_names:
         raise JobInputError(
             f"{config.input} has no {config.prompt_key!r} column (columns: {', '.join(table.column_names)}); "
