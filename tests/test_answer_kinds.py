@@ -29,3 +29,23 @@ RULE = [
 @pytest.mark.parametrize("source, extra_info, kinds, default, expected", RULE)
 def test_answer_kind_rule(source, extra_info, kinds, default, expected):
     assert answer_kind(source, extra_info, kinds, default) == expected
+
+
+@pytest.mark.parametrize(
+    "reward_model, expected",
+    [
+        ({"style": "rule", "ground_truth": " 1/2 "}, "1/2"),
+        ({"ground_truth": 12}, "12"),
+        ({"ground_truth": "  "}, None),
+        ({"ground_truth": None}, None),
+        ({"style": "rule"}, None),
+        (None, None),
+        ("1/2", None),
+    ],
+)
+def test_ground_truth_is_read_one_way(reward_model, expected):
+    from verl_restrain.adapters.reward_manager import ground_truth_of
+    from verl_restrain.answers.kinds import ground_truth
+
+    assert ground_truth(reward_model) == expected
+    assert ground_truth_of({"reward_model": reward_model}) == expected

@@ -30,20 +30,14 @@ from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from verl_restrain import answers
 from verl_restrain.adapters.registration import registered
 from verl_restrain.adapters.settings import REWARD_MANAGER_NAME, RestrainConfig
+from verl_restrain.answers.kinds import ground_truth
 
 __all__ = ["RestrainRewardManager", "ground_truth_of"]
 
 
 def ground_truth_of(non_tensor: dict) -> str | None:
     """The gold answer of a row as a string, or None when the row has none."""
-    reward_model = non_tensor.get("reward_model", None)
-    if not isinstance(reward_model, dict):
-        return None
-    gold = reward_model.get("ground_truth", None)
-    if gold is None:
-        return None
-    gold = str(gold).strip()
-    return gold or None
+    return ground_truth(non_tensor.get("reward_model"))
 
 
 @registered(

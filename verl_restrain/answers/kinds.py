@@ -8,6 +8,8 @@ first that applies decides:
 2. ``extra_info["kind"]``: what the row says of itself (this package's data preparation writes it);
 3. :data:`BUILTIN_ANSWER_KINDS` ``[data_source]``: the multiple-choice benchmarks this package knows;
 4. ``default``: ``math`` unless configured otherwise.
+
+:func:`ground_truth` reads a row's gold label the one way the reward manager and the jobs share.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["BUILTIN_ANSWER_KINDS", "KINDS", "answer_kind", "check_kind"]
+__all__ = ["BUILTIN_ANSWER_KINDS", "KINDS", "answer_kind", "check_kind", "ground_truth"]
 
 KINDS = ("math", "choice")
 """The answer kinds."""
@@ -56,3 +58,14 @@ def answer_kind(
     if source in BUILTIN_ANSWER_KINDS:
         return BUILTIN_ANSWER_KINDS[source]
     return default
+
+
+def ground_truth(reward_model: Any) -> str | None:
+    """A row's gold label: ``reward_model["ground_truth"]`` as a stripped string, None when the row
+    has no ``reward_model`` dict or the label is missing or empty."""
+    if not isinstance(reward_model, dict):
+        return None
+    gold = reward_model.get("ground_truth")
+    if gold is None:
+        return None
+    return str(gold).strip() or None

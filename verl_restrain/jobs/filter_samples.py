@@ -39,6 +39,7 @@ import pyarrow as pa
 from verl_restrain import __version__, defaults
 from verl_restrain.jobs.arguments import build_parser as parser_for
 from verl_restrain.jobs.arguments import config_from_args
+from verl_restrain.answers.kinds import ground_truth
 from verl_restrain.jobs.config import JobInputError, progress_field, read_parquet
 from verl_restrain.jobs.files import WriteError, atomic_write_table, check_writable, remove_stale_temps
 from verl_restrain.jobs.generation import as_chat
@@ -186,12 +187,7 @@ def gold_labels(prompts: pa.Table, path: str) -> list[str | None]:
             f"{path} has no reward_model column: --keep gold needs reward_model.ground_truth "
             "(use --keep majority without gold labels)"
         )
-    labels = []
-    for reward_model in prompts.column("reward_model").to_pylist():
-        gold = reward_model.get("ground_truth") if isinstance(reward_model, dict) else None
-        gold = None if gold is None else str(gold).strip()
-        labels.append(gold or None)
-    return labels
+    return [ground_truth(reward_model) for reward_model in prompts.column("reward_model").to_pylist()]
 
 
 def _gold_passes(answers: list, prompt: np.ndarray, labels: list, kinds: list, progress: bool) -> np.ndarray:
