@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import torch
+from hypothesis import strategies as st
 
 
 def random_batch(rng, num_groups, max_n=12, num_answers=5, invalid_rate=0.2, sparse=True):
@@ -28,6 +29,18 @@ def random_batch(rng, num_groups, max_n=12, num_answers=5, invalid_rate=0.2, spa
             group_index.append(int(g))
     perm = rng.permutation(len(answer_ids))
     return torch.tensor(answer_ids)[perm], torch.tensor(group_index)[perm]
+
+
+@st.composite
+def batches(draw, max_groups=6, max_n=10, max_answers=5):
+    """(answer_ids, group_index): hypothesis batches of contiguous groups, answers -1..max_answers-1."""
+    num_groups = draw(st.integers(1, max_groups))
+    answer_ids, group_index = [], []
+    for g in range(num_groups):
+        n = draw(st.integers(1, max_n))
+        answer_ids += draw(st.lists(st.integers(-1, max_answers - 1), min_size=n, max_size=n))
+        group_index += [g] * n
+    return torch.tensor(answer_ids), torch.tensor(group_index)
 
 
 def _g(f, sigma, center):

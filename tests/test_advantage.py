@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from label_reference import batches, random_batch
 
 from verl_restrain import defaults
 from verl_restrain.advantage import (
@@ -73,19 +74,6 @@ def reference_advantage(answer_ids, group_index, prompt_weight=None, *, weightin
                 total += w[a] * a_ij
             out[i] = u * total
     return torch.tensor(out, dtype=torch.float64)
-
-
-def random_batch(rng, num_groups, max_n=12, num_answers=5, invalid_rate=0.2, sparse=True):
-    answer_ids, group_index = [], []
-    group_values = rng.choice(10_000, size=num_groups, replace=False) if sparse else np.arange(num_groups)
-    for g in group_values:
-        n = int(rng.integers(1, max_n + 1))
-        pool = rng.choice(1_000_000, size=num_answers, replace=False) if sparse else np.arange(num_answers)
-        for _ in range(n):
-            answer_ids.append(-1 if rng.random() < invalid_rate else int(rng.choice(pool)))
-            group_index.append(int(g))
-    perm = rng.permutation(len(answer_ids))  # groups are not contiguous
-    return torch.tensor(answer_ids)[perm], torch.tensor(group_index)[perm]
 
 
 @pytest.mark.parametrize("weighting", ["gaussian", "uniform", "majority"])
@@ -286,17 +274,6 @@ def test_majority_without_penalty_equals_verl_grpo_on_majority_reward(norm_adv_b
 # --------------------------------------------------------------------------------------------
 # Properties.
 # --------------------------------------------------------------------------------------------
-@st.composite
-def batches(draw, max_groups=6, max_n=10, max_answers=5):
-    num_groups = draw(st.integers(1, max_groups))
-    answer_ids, group_index = [], []
-    for g in range(num_groups):
-        n = draw(st.integers(1, max_n))
-        answer_ids += draw(st.lists(st.integers(-1, max_answers - 1), min_size=n, max_size=n))
-        group_index += [g] * n
-    return torch.tensor(answer_ids), torch.tensor(group_index)
-
-
 PARAMS = st.fixed_dictionaries(
     {
         "weighting": st.sampled_from(["gaussian", "uniform", "majority"]),

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from label_reference import label_terms, random_batch, reference_parts
+from label_reference import batches, label_terms, random_batch, reference_parts
 from verl_restrain.advantage import (
     compute_restrain_advantage,
     compute_restrain_advantage_parts,
@@ -159,17 +159,6 @@ def test_empty_step():
 # --------------------------------------------------------------------------------------------
 # Properties.
 # --------------------------------------------------------------------------------------------
-@st.composite
-def batches(draw, max_groups=6, max_n=10, max_answers=5):
-    num_groups = draw(st.integers(1, max_groups))
-    answer_ids, group_index = [], []
-    for g in range(num_groups):
-        n = draw(st.integers(1, max_n))
-        answer_ids += draw(st.lists(st.integers(-1, max_answers - 1), min_size=n, max_size=n))
-        group_index += [g] * n
-    return torch.tensor(answer_ids), torch.tensor(group_index)
-
-
 PARAMS = st.fixed_dictionaries(
     {
         "weighting": st.sampled_from(["gaussian", "uniform", "majority"]),
